@@ -1,0 +1,28 @@
+# deps-orch: `make quickstart` runs the main job on a local Ray cluster; `make test` runs the checks and tests.
+# Both set up .venv first (once; again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup quickstart test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+quickstart: setup
+	$(BIN)/deps-orch submit jobspecs/quickstart.yaml
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q --durations=10
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,157 @@
+"""From a validated spec to a plan: where the run lives, what it holds, what it costs per hour."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.cost.catalog import CPU, DevicePrice, lookup_price
+from orchestrator.errors import UserError
+from orchestrator.spec import JobSpec
+from orchestrator.storage.run_store import run_dir_for
+from workers.data.datasets import DatasetInfo, DatasetNotFound, describe
+from workers.methods import build_method
+from workers.selection import spread_over_macs
+from workers.supernet.factory import build_space
+from workers.supernet.profile import profile_subnet
+from workers.supernet.space import SubnetConfig
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Devices held by one stage, and their price."""
+
+    devices: int
+    price: DevicePrice
+
+    @property
+    def dollars_per_hour(self) -> float:
+        return self.devices * self.price.per_device_hour
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: JobSpec
+    run_dir: Path
+    dataset: DatasetInfo
+    training: Allocation
+    evaluation: Allocation  # per evaluation worker
+    subnets: tuple[SubnetConfig, ...]
+    phases: tuple[tuple[str, int, int], ...]  # (phase, first epoch, last epoch)
+    steps_per_epoch: int
+    global_batch: int
+    mac_range: tuple[int, int]
+
+    @property
+    def method(self) -> str:
+        return self.spec.method.name
+
+    def describe(self) -> dict:
+        spec, cluster = self.spec, self.spec.cluster
+        return {
+            "run": spec.run,
+            "run_dir": str(self.run_dir),
+            "method": spec.method.model_dump(mode="json"),
+            "phases": [{"phase": p, "epochs": f"{a}-{b}"} for p, a, b in self.phases],
+            "dataset": {
+                "name": spec.dataset.name,
+                "classes": self.dataset.num_classes,
+                "train_images": self.dataset.train_size,
+                "test_images": self.dataset.test_size,
+                "resolution": spec.dataset.resolution,
+            },
+            "space": {
+                "name": spec.space.name,
+                "width_mult": spec.space.width_mult,
+                "cifar_variant": spec.space.cifar_variant,
+                "smallest_macs": self.mac_range[0],
+                "largest_macs": self.mac_range[1],
+            },
+            "cluster": {
+                "backend": cluster.backend,
+                "workers": cluster.num_workers,
+                "cpus_per_worker": cluster.cpus_per_worker,
+                "gpus_per_worker": cluster.gpus_per_worker,
+                "collective_backend": "nccl" if cluster.uses_gpu else "gloo",
+                "global_batch": self.global_batch,
+                "steps_per_epoch": self.steps_per_epoch,
+            },
+            "cost": {
+                "device_type": self.training.price.device_type,
+                "devices": self.training.devices,
+                "pricing": self.training.price.tier,
+                "price_per_device_hour": self.training.price.per_device_hour,
+                "training_dollars_per_hour": round(self.training.dollars_per_hour, 4),
+                "source": self.training.price.source,
+                "as_of": self.training.price.as_of,
+            },
+            "evaluation": {
+                "subnets": len(self.subnets),
+                "workers": spec.evaluation.workers,
+                "calibration_images": spec.evaluation.calibration_images,
+                "device_type": self.evaluation.price.device_type,
+                "devices_per_worker": self.evaluation.devices,
+            },
+        }
+
+
+def _allocation(spec: JobSpec, gpus: int, cpus: int, count: int) -> Allocation:
+    device_type = spec.cluster.accelerator if gpus > 0 else CPU
+    price = lookup_price(device_type, spec.cost.pricing, spec.cost.price_per_device_hour, spec.cost.catalog)
+    return Allocation(devices=count * (gpus if gpus > 0 else cpus), price=price)
+
+
+def _phases(method, epochs: int) -> tuple[tuple[str, int, int], ...]:
+    phases: list[list] = []
+    for epoch in range(epochs):
+        name = method.phase(epoch)
+        if phases and phases[-1][0] == name:
+            phases[-1][2] = epoch
+        else:
+            phases.append([name, epoch, epoch])
+    return tuple(tuple(p) for p in phases)
+
+
+def make_plan(spec: JobSpec) -> Plan:
+    try:
+        run_dir = run_dir_for(spec.storage.root, spec.run)
+    except ValueError as error:
+        raise UserError(f"run: {error}") from None
+    try:
+        info = describe(spec.dataset)
+    except DatasetNotFound as error:
+        raise UserError(str(error)) from None
+    cluster = spec.cluster
+    needed = cluster.num_workers * cluster.cpus_per_worker
+    if cluster.backend == "local" and needed > (os.cpu_count() or 1):
+        raise UserError(
+            f"cluster: {cluster.num_workers} workers x {cluster.cpus_per_worker} CPUs = {needed}, "
+            f"but this machine has {os.cpu_count()} CPUs"
+        )
+    global_batch = spec.dataset.batch_size * cluster.num_workers
+    steps = info.train_size // global_batch
+    if steps == 0:
+        raise UserError(
+            f"dataset.batch_size: {spec.dataset.batch_size} x {cluster.num_workers} workers is more than "
+            f"the {info.train_size} training images"
+        )
+    space = build_space(spec)
+    method = build_method(spec.method, space)
+    subnets = spread_over_macs(space, info.num_classes, spec.evaluation.subnets, spec.seed)
+    ev = spec.evaluation
+    return Plan(
+        spec=spec,
+        run_dir=run_dir,
+        dataset=info,
+        training=_allocation(spec, cluster.gpus_per_worker, cluster.cpus_per_worker, cluster.num_workers),
+        evaluation=_allocation(spec, ev.gpus_per_worker, ev.cpus_per_worker, 1),
+        subnets=tuple(subnets),
+        phases=_phases(method, method.epochs),
+        steps_per_epoch=steps,
+        global_batch=global_batch,
+        mac_range=(
+            profile_subnet(space, space.smallest(), info.num_classes).macs,
+            profile_subnet(space, space.largest(), info.num_classes).macs,
+        ),
+    )

@@ -1,0 +1,287 @@
+"""The per-worker training function run by Ray Train's TorchTrainer.
+
+It is method-agnostic: the method named by the spec says which subnets each
+minibatch trains and with which target and gradient weight. Rank 0 saves a
+checkpoint and writes the epoch's ledger row at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ray.train
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from orchestrator.cost.pricing import price_usage
+from orchestrator.storage.run_store import RunStore
+from workers.data.datasets import num_classes, train_dataset
+from workers.methods import SubnetStep, Target, TrainingMethod, build_method
+from workers.optim import build_optimizer, lr_at, scaled_lr
+from workers.supernet.factory import build_space, build_supernet
+from workers.supernet.supernet import ElasticSupernet
+
+if TYPE_CHECKING:
+    from orchestrator.spec import JobSpec
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """What the controller hands every training worker."""
+
+    spec: JobSpec
+    run_dir: str
+    devices: int
+    device_type: str
+    price_per_device_hour: float
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature T, scaled by T² so gradients keep their size."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+
+
+def step_rng(seed: int, epoch: int, step: int) -> random.Random:
+    """The same on every rank, so all ranks train the same subnets in a step."""
+    return random.Random(seed * 1_000_003 + epoch * 100_003 + step)
+
+
+def _next_attempt(run_dir: Path) -> int:
+    path = run_dir / "attempts.json"
+    attempt = json.loads(path.read_text())["attempts"] if path.exists() else 0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"attempts": attempt + 1}))
+    os.replace(tmp, path)
+    return attempt
+
+
+def _unwrap(model: nn.Module) -> ElasticSupernet:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def run_step(
+    model: nn.Module,
+    steps: list[SubnetStep],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float,
+    temperature: float,
+) -> tuple[float, float | None]:
+    """Forward and backward every subnet of a minibatch, accumulating gradients.
+
+    Returns the first step's loss and the mean loss of the others (None if there are none).
+    """
+    net = _unwrap(model)
+    teacher_logits: torch.Tensor | None = None
+    first_loss, sub_losses = 0.0, []
+    for i, s in enumerate(steps):
+        net.set_active_subnet(s.config)
+        net.active_dropout = net.dropout_rate if s.dropout else 0.0
+        logits = model(images)
+        if s.target is Target.LABELS:
+            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        else:
+            if teacher_logits is None:
+                raise RuntimeError("in-place distillation needs a teacher step earlier in the minibatch")
+            loss = kd_loss(logits, teacher_logits, temperature)
+        (loss * s.grad_weight).backward()
+        if s.is_teacher:
+            teacher_logits = logits.detach()
+        if i == 0:
+            first_loss = loss.item()
+        else:
+            sub_losses.append(loss.item())
+    return first_loss, (sum(sub_losses) / len(sub_losses) if sub_losses else None)
+
+
+def _save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    torch.save(
+        {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+        os.path.join(directory, CHECKPOINT_FILE),
+    )
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    job: TrainJobConfig = config["job"]
+    spec = job.spec
+    started = time.time()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one progress line per epoch is ours
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, spec.cluster.cpus_per_worker))
+    device = ray.train.torch.get_device()
+    run_dir = Path(job.run_dir)
+    store = RunStore(run_dir)
+
+    space = build_space(spec)
+    method: TrainingMethod = build_method(spec.method, space)
+    data = train_dataset(spec.dataset)
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True)
+    loader = DataLoader(
+        data,
+        batch_size=spec.dataset.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=spec.dataset.loader_workers,
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"dataset.batch_size {spec.dataset.batch_size} x {world} workers exceeds the {len(data)} training images"
+        )
+
+    torch.manual_seed(spec.seed)
+    net = build_supernet(spec, space, num_classes(spec.dataset)).to(device, memory_format=torch.channels_last)
+    global_batch = spec.dataset.batch_size * world
+    base_lr = scaled_lr(spec.optimizer, global_batch)
+    optimizer = build_optimizer(net, spec.optimizer, base_lr)
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+    attempt = _next_attempt(run_dir) if rank == 0 else -1
+
+    model: nn.Module = net
+    if world > 1:
+        model = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    total_iterations = method.epochs * steps_per_epoch
+    overhead = time.time() - started  # set-up and restore time, charged to this attempt's first epoch
+    for epoch in range(start_epoch, method.epochs):
+        epoch_start = time.time()
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = sub_sum = sub_count = subnets = 0.0
+        lr = base_lr
+        for step, (images, labels) in enumerate(loader):
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            lr = lr_at(spec.optimizer, base_lr, epoch * steps_per_epoch + step, total_iterations, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            steps = method.steps(epoch, step, steps_per_epoch, step_rng(spec.seed, epoch, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss, sub_loss = run_step(
+                model, steps, images, labels, spec.optimizer.label_smoothing, method.kd_temperature()
+            )
+            if spec.optimizer.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), spec.optimizer.grad_clip_norm)
+            optimizer.step()
+            loss_sum += loss
+            subnets += len(steps)
+            if sub_loss is not None:
+                sub_sum, sub_count = sub_sum + sub_loss, sub_count + 1
+        scalars = method.scalars(epoch, steps_per_epoch - 1, steps_per_epoch)
+        loss_sum, sub_sum, sub_count = _all_reduce_sum([loss_sum, sub_sum, sub_count])
+        metrics = {
+            "epoch": epoch,
+            "phase": method.phase(epoch),
+            "loss": loss_sum / (steps_per_epoch * world),
+            "subnet_loss": sub_sum / sub_count if sub_count else None,
+            "lr": lr,
+            **scalars,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            ckpt = None
+            if rank == 0:
+                _save_checkpoint(directory, model, optimizer, epoch)
+                ckpt = ray.train.Checkpoint.from_directory(directory)
+                wall = time.time() - epoch_start
+                _record_epoch(
+                    store,
+                    job,
+                    method,
+                    metrics,
+                    attempt,
+                    wall,
+                    overhead,
+                    global_batch * steps_per_epoch,
+                    subnets / steps_per_epoch,
+                )
+                print(_progress_line(spec.run, method.epochs, metrics, wall), flush=True)
+            ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
+        overhead = 0.0
+
+
+def _record_epoch(
+    store: RunStore,
+    job: TrainJobConfig,
+    method: TrainingMethod,
+    metrics: dict,
+    attempt: int,
+    wall: float,
+    overhead: float,
+    images: int,
+    subnets_per_step: float,
+) -> None:
+    usage = price_usage(wall + overhead, job.devices, job.price_per_device_hour)
+    store.record_epoch(
+        {
+            "run": job.spec.run,
+            "method": method.name,
+            "epoch": metrics["epoch"],
+            "phase": metrics["phase"],
+            "attempt": attempt,
+            "wall_seconds": wall,
+            "overhead_seconds": overhead,
+            "devices": job.devices,
+            "device_type": job.device_type,
+            "device_hours": usage.device_hours,
+            "price_per_device_hour": job.price_per_device_hour,
+            "dollars": usage.dollars,
+            "images": images,
+            "images_per_second": images / wall,
+            "subnets_per_step": subnets_per_step,
+            "loss": metrics["loss"],
+            "subnet_loss": metrics["subnet_loss"],
+            "lr": metrics["lr"],
+            "epsilon": metrics.get("epsilon"),
+            "finished_at": datetime.now(timezone.utc),
+        }
+    )
+
+
+def _progress_line(run: str, epochs: int, metrics: dict, wall: float) -> str:
+    extra = f" eps {metrics['epsilon']:.4f}" if "epsilon" in metrics else ""
+    return (
+        f"[{run}] epoch {metrics['epoch'] + 1}/{epochs} {metrics['phase']} "
+        f"loss {metrics['loss']:.3f} lr {metrics['lr']:.4f}{extra} ({wall:.1f}s)"
+    )
