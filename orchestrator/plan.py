@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.cost.catalog import CPU, DevicePrice, lookup_price
@@ -11,8 +11,9 @@ from orchestrator.errors import UserError
 from orchestrator.spec import JobSpec
 from orchestrator.storage.run_store import run_dir_for
 from workers.data.datasets import DatasetInfo, DatasetNotFound, describe
-from workers.methods import build_method
-from workers.selection import spread_over_macs
+from workers.diagnostics import check_epochs
+from workers.methods import Stage, build_method
+from workers.selection import select_subnets
 from workers.supernet.factory import build_space
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
@@ -39,9 +40,11 @@ class Plan:
     evaluation: Allocation  # per evaluation worker
     subnets: tuple[SubnetConfig, ...]
     phases: tuple[tuple[str, int, int], ...]  # (phase, first epoch, last epoch)
+    stages: tuple[Stage, ...]  # the method's stages: one training job each, in order
     steps_per_epoch: int
     global_batch: int
     mac_range: tuple[int, int]
+    selection: dict = field(default_factory=dict)  # how well the selection strategy met its request
 
     @property
     def method(self) -> str:
@@ -52,8 +55,10 @@ class Plan:
         return {
             "run": spec.run,
             "run_dir": str(self.run_dir),
+            "group": spec.group,
             "method": spec.method.model_dump(mode="json"),
             "phases": [{"phase": p, "epochs": f"{a}-{b}"} for p, a, b in self.phases],
+            "stages": [stage.describe() for stage in self.stages],
             "dataset": {
                 "name": spec.dataset.name,
                 "classes": self.dataset.num_classes,
@@ -76,6 +81,7 @@ class Plan:
                 "collective_backend": "nccl" if cluster.uses_gpu else "gloo",
                 "global_batch": self.global_batch,
                 "steps_per_epoch": self.steps_per_epoch,
+                **_backend_plan(spec, self.training),
             },
             "cost": {
                 "device_type": self.training.price.device_type,
@@ -87,19 +93,66 @@ class Plan:
                 "as_of": self.training.price.as_of,
             },
             "evaluation": {
+                "selection": spec.evaluation.selection.model_dump(mode="json") | self.selection,
                 "subnets": len(self.subnets),
                 "workers": spec.evaluation.workers,
                 "calibration_images": spec.evaluation.calibration_images,
                 "device_type": self.evaluation.price.device_type,
                 "devices_per_worker": self.evaluation.devices,
             },
+            "budget": spec.budget.model_dump(mode="json"),
         }
 
 
 def _allocation(spec: JobSpec, gpus: int, cpus: int, count: int) -> Allocation:
     device_type = spec.cluster.accelerator if gpus > 0 else CPU
-    price = lookup_price(device_type, spec.cost.pricing, spec.cost.price_per_device_hour, spec.cost.catalog)
+    slurm = spec.cluster.slurm
+    price = lookup_price(
+        device_type,
+        spec.cost.pricing,
+        spec.cost.price_per_device_hour,
+        spec.cost.catalog,
+        slurm.price_per_device_hour if slurm is not None else None,
+        slurm.price_source if slurm is not None else None,
+    )
     return Allocation(devices=count * (gpus if gpus > 0 else cpus), price=price)
+
+
+def _training_allocation(spec: JobSpec) -> Allocation:
+    """The devices training pays for: the workers' own, or on Slurm every device the allocation holds."""
+    cluster = spec.cluster
+    if cluster.slurm is not None:
+        nodes = cluster.slurm.nodes
+        return _allocation(spec, cluster.slurm.gpus_per_node, cluster.slurm_cpus_per_node, nodes)
+    return _allocation(spec, cluster.gpus_per_worker, cluster.cpus_per_worker, cluster.num_workers)
+
+
+def _backend_plan(spec: JobSpec, training: Allocation) -> dict:
+    """Where the job runs: the Slurm allocation and its sbatch options, or the Ray cluster's address."""
+    cluster = spec.cluster
+    dashboard = "all interfaces (cluster.expose_dashboard)" if cluster.expose_dashboard else "127.0.0.1"
+    if cluster.slurm is not None:
+        from orchestrator.backends.sbatch import sbatch_options
+
+        slurm = cluster.slurm
+        return {
+            "slurm": {
+                "nodes": slurm.nodes,
+                "gpus_per_node": slurm.gpus_per_node,
+                "gpus": slurm.nodes * slurm.gpus_per_node,
+                "cpus_per_node": cluster.slurm_cpus_per_node,
+                "workers_per_node": cluster.slurm_workers_per_node,
+                "time_minutes": slurm.time_minutes,
+                "requeues_after_timeout": slurm.max_timeouts,
+                "dollars_per_hour": round(training.dollars_per_hour, 4),
+                "ray": f"head on the first node, workers on the others; dashboard on {dashboard}",
+                "sbatch": sbatch_options(spec),
+            }
+        }
+    if cluster.backend == "ray":
+        how = "in this process" if cluster.address == "auto" else "as a Ray job (Jobs API, token auth)"
+        return {"ray": {"address": cluster.address, "driver": how}}
+    return {}
 
 
 def _phases(method, epochs: int) -> tuple[tuple[str, int, int], ...]:
@@ -136,18 +189,29 @@ def make_plan(spec: JobSpec) -> Plan:
             f"dataset.batch_size: {spec.dataset.batch_size} x {cluster.num_workers} workers is more than "
             f"the {info.train_size} training images"
         )
-    space = build_space(spec)
-    method = build_method(spec.method, space)
-    subnets = spread_over_macs(space, info.num_classes, spec.evaluation.subnets, spec.seed)
+    try:
+        method = build_method(spec.method, build_space(spec), spec.seed)
+    except ValueError as error:
+        raise UserError(f"method: {error}") from None
+    space = method.search_space  # the space the trained supernet serves (CompOFA: the coupled one)
+    try:  # both name the field at fault
+        check_epochs(spec.evaluation.diagnostics, method)
+        selection = select_subnets(
+            space, info.num_classes, spec.evaluation.selection, spec.evaluation.subnets, spec.seed
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
     ev = spec.evaluation
     return Plan(
         spec=spec,
         run_dir=run_dir,
         dataset=info,
-        training=_allocation(spec, cluster.gpus_per_worker, cluster.cpus_per_worker, cluster.num_workers),
+        training=_training_allocation(spec),
         evaluation=_allocation(spec, ev.gpus_per_worker, ev.cpus_per_worker, 1),
-        subnets=tuple(subnets),
+        subnets=selection.subnets,
+        selection=selection.details,
         phases=_phases(method, method.epochs),
+        stages=method.stages(),
         steps_per_epoch=steps,
         global_batch=global_batch,
         mac_range=(

@@ -60,19 +60,33 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _tagged_union(annotation: Any) -> Any:
+    """The discriminated union inside an optional or sequence annotation (`method`, `methods`), if any."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        inner, *meta = typing.get_args(annotation)
+        if any(getattr(m, "discriminator", None) is not None for m in meta):
+            return inner
+        return _tagged_union(inner)
+    for arg in typing.get_args(annotation):
+        found = _tagged_union(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _walk(loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
     """The user-visible field path of a pydantic error location, and the model holding its last field."""
     model: type[BaseModel] | None = JobSpec
     path: list[str] = []
     pending_union: Any = None
     for part in loc:
+        if isinstance(part, int):
+            path[-1] = f"{path[-1]}[{part}]" if path else f"[{part}]"
+            continue
         if pending_union is not None:
             pending_union, model = None, _member_for_tag(pending_union, str(part))
             if model is not None:
                 continue
-        if isinstance(part, int):
-            path[-1] = f"{path[-1]}[{part}]" if path else f"[{part}]"
-            continue
         path.append(str(part))
         field = model.model_fields.get(str(part)) if model is not None else None
         if field is None:
@@ -80,6 +94,8 @@ def _walk(loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
             continue
         if field.discriminator is not None:
             pending_union, model = field.annotation, None
+        elif (union := _tagged_union(field.annotation)) is not None:
+            pending_union, model = union, None
         else:
             model = _model_in(field.annotation)
     return path, model

@@ -1,26 +1,51 @@
-"""The run's state, kept in <run_dir>/state.json."""
+"""The run's state, kept in <run_dir>/state.json.
+
+Besides the state and its reason, the record says which controller owns the run
+(process id and host, while it runs) and how long the run has been running over
+all its submissions, so `deps-orch status` can show elapsed time, spot a
+controller that died without updating the file, and `deps-orch cancel` can reach
+the controller.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
+LOG_FILE = "run.log"  # beside state.json: every state change is appended to the run's log
+
 
 class RunState(str, Enum):
     PENDING = "PENDING"
+    FORECASTING = "FORECASTING"
     TRAINING = "TRAINING"
     EVALUATING = "EVALUATING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     INTERRUPTED = "INTERRUPTED"
+    CANCELLED = "CANCELLED"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.INTERRUPTED)
+        """No controller works on the run any more (it may still be resumed, unless it SUCCEEDED)."""
+        return self in (
+            RunState.SUCCEEDED,
+            RunState.FAILED,
+            RunState.INTERRUPTED,
+            RunState.CANCELLED,
+            RunState.BUDGET_EXHAUSTED,
+        )
+
+    @property
+    def is_resumable(self) -> bool:
+        """Submitting the run again continues it from its last checkpoint."""
+        return self.is_terminal and self is not RunState.SUCCEEDED
 
 
 @dataclass(frozen=True)
@@ -28,17 +53,99 @@ class StateRecord:
     state: RunState
     reason: str
     updated_at: str
+    started_at: str | None = None  # this submission's start, while a controller works on the run
+    elapsed_before: float = 0.0  # seconds the earlier submissions ran
+    pid: int | None = None
+    host: str | None = None
+
+    def elapsed_seconds(self, now: datetime | None = None) -> float:
+        """Wall seconds the run has been worked on, over all its submissions."""
+        if self.started_at is None:
+            return self.elapsed_before
+        now = now or datetime.now(timezone.utc)
+        return self.elapsed_before + max(0.0, (now - datetime.fromisoformat(self.started_at)).total_seconds())
+
+    def controller_alive(self) -> bool | None:
+        """Whether the owning controller process still runs; None when that cannot be told from this host."""
+        if self.state.is_terminal or self.pid is None:
+            return False
+        if self.host != socket.gethostname():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _write(path: Path, record: StateRecord, previous: StateRecord | None) -> None:
+    data = {
+        "state": record.state.value,
+        "reason": record.reason,
+        "updated_at": record.updated_at,
+        "started_at": record.started_at,
+        "elapsed_before": record.elapsed_before,
+        "pid": record.pid,
+        "host": record.host,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    if previous is not None and (previous.state, previous.reason) == (record.state, record.reason):
+        return
+    stamp = datetime.fromisoformat(record.updated_at).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(path.parent / LOG_FILE, "a") as log:
+        log.write(f"{stamp} state {record.state.value}{': ' + record.reason if record.reason else ''}\n")
+
+
+def begin_submission(path: Path) -> StateRecord:
+    """The calling process takes the run over: PENDING, with its pid and host and a fresh start time."""
+    previous = read_state(path)
+    now = _now()
+    elapsed = 0.0
+    if previous is not None:
+        # A controller that died without closing its submission is counted until its last state change.
+        last = datetime.fromisoformat(previous.updated_at) if previous.updated_at else now
+        elapsed = previous.elapsed_seconds(last)
+    record = StateRecord(
+        RunState.PENDING, "", now.isoformat(), now.isoformat(), elapsed, os.getpid(), socket.gethostname()
+    )
+    _write(path, record, previous)
+    return record
 
 
 def write_state(path: Path, state: RunState, reason: str = "") -> None:
-    record = {"state": state.value, "reason": reason, "updated_at": datetime.now(timezone.utc).isoformat()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    """Record a new state. A terminal state closes the submission: its time is added to the elapsed total."""
+    previous = read_state(path)
+    now = _now()
+    started = previous.started_at if previous is not None else None
+    elapsed = previous.elapsed_before if previous is not None else 0.0
+    pid = previous.pid if previous is not None else None
+    host = previous.host if previous is not None else None
+    if state.is_terminal:
+        if previous is not None:
+            elapsed = previous.elapsed_seconds(now)
+        started, pid, host = None, None, None
+    _write(path, StateRecord(state, reason, now.isoformat(), started, elapsed, pid, host), previous)
 
 
 def read_state(path: Path) -> StateRecord | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return StateRecord(RunState(data["state"]), data.get("reason", ""), data.get("updated_at", ""))
+    return StateRecord(
+        RunState(data["state"]),
+        data.get("reason", ""),
+        data.get("updated_at", ""),
+        data.get("started_at"),
+        float(data.get("elapsed_before") or 0.0),
+        data.get("pid"),
+        data.get("host"),
+    )

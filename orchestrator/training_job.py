@@ -1,18 +1,37 @@
-"""The training stage: the method's supernet training as a Ray Train TorchTrainer job."""
+"""The training stage: each of the method's stages as a Ray Train TorchTrainer job, in order.
+
+A single-stage method trains as Ray Train run `<run>`; a multi-stage one as
+`<run>.<stage>` per stage. A stage starts from the previous stage's final
+checkpoint, and its frozen teacher (if it names one) is a finished stage's final
+checkpoint. Finished stages are recorded in `<run_dir>/stages.json`, so a
+re-submitted run goes straight to the first unfinished stage.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.plan import Plan
+from orchestrator.stopping import RunStopped, read_stop
 from orchestrator.storage.run_store import RunStore
 from workers.training_loop import CHECKPOINT_FILE, TrainJobConfig, train_loop_per_worker
 
+STAGES_FILE = "stages.json"
 
-def build_trainer(plan: Plan) -> TorchTrainer:
+
+def trainer_name(plan: Plan, index: int) -> str:
+    return plan.spec.run if len(plan.stages) == 1 else f"{plan.spec.run}.{plan.stages[index].name}"
+
+
+def build_trainer(
+    plan: Plan, index: int = 0, init_checkpoint: Path | None = None, teacher_checkpoint: Path | None = None
+) -> TorchTrainer:
     spec, cluster = plan.spec, plan.spec.cluster
     store = RunStore(plan.run_dir)
     job = TrainJobConfig(
@@ -21,6 +40,9 @@ def build_trainer(plan: Plan) -> TorchTrainer:
         devices=plan.training.devices,
         device_type=plan.training.price.device_type,
         price_per_device_hour=plan.training.price.per_device_hour,
+        stage=index,
+        init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
+        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
     )
     resources = {"CPU": cluster.cpus_per_worker}
     if cluster.uses_gpu:
@@ -33,7 +55,7 @@ def build_trainer(plan: Plan) -> TorchTrainer:
             num_workers=cluster.num_workers, use_gpu=cluster.uses_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=spec.run,
+            name=trainer_name(plan, index),
             storage_path=str(store.ray_storage),
             failure_config=FailureConfig(max_failures=cluster.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -44,9 +66,59 @@ def build_trainer(plan: Plan) -> TorchTrainer:
     )
 
 
-def run_training(plan: Plan) -> Path:
-    """Train (resuming from the run's last checkpoint if there is one); returns the final checkpoint file."""
-    result = build_trainer(plan).fit()
+def _finished_stages(plan: Plan) -> dict[str, dict]:
+    path = plan.run_dir / STAGES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record_finished(plan: Plan, index: int, checkpoint: Path) -> None:
+    stage = plan.stages[index]
+    done = _finished_stages(plan)
+    done[stage.name] = {"first_epoch": stage.first_epoch, "epochs": stage.epochs, "checkpoint": str(checkpoint)}
+    tmp = plan.run_dir / (STAGES_FILE + ".tmp")
+    tmp.write_text(json.dumps(done, indent=2))
+    os.replace(tmp, plan.run_dir / STAGES_FILE)
+
+
+def finished_checkpoint(plan: Plan, index: int) -> Path | None:
+    """The final checkpoint of a stage finished earlier with the same epochs, if it is still there."""
+    stage, record = plan.stages[index], _finished_stages(plan).get(plan.stages[index].name)
+    if record is None or (record["first_epoch"], record["epochs"]) != (stage.first_epoch, stage.epochs):
+        return None
+    path = Path(record["checkpoint"])
+    return path if path.exists() else None
+
+
+def run_stage(
+    plan: Plan, index: int, init_checkpoint: Path | None = None, teacher_checkpoint: Path | None = None
+) -> Path:
+    """Train one stage (resuming from its last checkpoint if there is one); returns its final checkpoint file."""
+    result = build_trainer(plan, index, init_checkpoint, teacher_checkpoint).fit()
     if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    return Path(result.checkpoint.path) / CHECKPOINT_FILE
+        raise RuntimeError(f"stage {plan.stages[index].name} finished without a checkpoint")
+    checkpoint = Path(result.checkpoint.path) / CHECKPOINT_FILE
+    stopped = read_stop(plan.run_dir)  # the workers stopped on purpose (a cancel request, the budget)
+    if stopped is None or stopped.epoch == plan.stages[index].end_epoch - 1:
+        _record_finished(plan, index, checkpoint)
+    if stopped is not None:
+        raise RunStopped(stopped)
+    return checkpoint
+
+
+def run_training(plan: Plan, echo: Callable[[str], None] = print) -> Path:
+    """Run the method's stages in order, skipping finished ones; returns the last stage's final checkpoint file."""
+    finals: dict[str, Path] = {}
+    previous: Path | None = None
+    for index, stage in enumerate(plan.stages):
+        checkpoint = finished_checkpoint(plan, index)
+        if checkpoint is None:
+            if len(plan.stages) > 1:
+                epochs = f"epochs {stage.first_epoch}-{stage.end_epoch - 1}"
+                echo(f"[{plan.spec.run}] stage {index + 1}/{len(plan.stages)} {stage.name}, {epochs}")
+            teacher = finals.get(stage.teacher) if stage.teacher is not None else None
+            if stage.teacher is not None and teacher is None:
+                raise RuntimeError(f"stage {stage.name} distils from {stage.teacher}, which has not run before it")
+            checkpoint = run_stage(plan, index, previous, teacher)
+        finals[stage.name] = previous = checkpoint
+    assert previous is not None, "a method has at least one stage"
+    return previous

@@ -27,7 +27,10 @@ def write(tmp_path: Path, data: dict | str, name: str = "spec.yaml") -> Path:
             {"run": "x", "method": {"name": "deps"}, "space": {"kernel_choices": [3, 4]}},
             r"space\.kernel_choices\[1\]: Input should be 3, 5 or 7 \(got 4\)",
         ),
-        ({"run": "x", "method": {"name": "deps"}, "clustr": {}}, r"clustr: unknown field; allowed: cluster, cost"),
+        (
+            {"run": "x", "method": {"name": "deps"}, "clustr": {}},
+            r"clustr: unknown field; allowed: budget, cluster, cost",
+        ),
         ({"run": "../../etc", "method": {"name": "deps"}}, r"run: '../../etc' is not a run name"),
         ({"run": "x"}, r"method: missing \(required\)"),
         (
@@ -92,6 +95,7 @@ def test_dry_run_prints_the_resolved_plan(tmp_path):
         "submit",
         str(REPO / "jobspecs/quickstart.yaml"),
         "--dry-run",
+        "--no-forecast",  # the plan alone; the measured forecast is tested in test_budget.py
         "--set",
         "dataset.name=cifar10",
         "--set",

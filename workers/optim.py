@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,20 +21,42 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec, base_lr: float) -> to
         # BN affine parameters and biases are 1-D: no weight decay on them.
         (no_decay if spec.no_decay_on_bn_and_bias and param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if spec.name == "rmsprop":
+        return torch.optim.RMSprop(
+            groups, lr=base_lr, alpha=spec.rmsprop_decay, eps=spec.rmsprop_eps, momentum=spec.momentum
+        )
     return torch.optim.SGD(groups, lr=base_lr, momentum=spec.momentum, nesterov=spec.nesterov)
 
 
-def scaled_lr(spec: OptimizerSpec, global_batch: int) -> float:
-    """The spec gives the LR per `lr_batch` images; scale it linearly to the global batch."""
-    return spec.lr * global_batch / spec.lr_batch
+def scaled_lr(lr: float, lr_batch: int, global_batch: int) -> float:
+    """An LR given per `lr_batch` images, scaled linearly to the global batch."""
+    return lr * global_batch / lr_batch
 
 
-def lr_at(spec: OptimizerSpec, base_lr: float, iteration: int, total_iterations: int, iters_per_epoch: int) -> float:
-    warmup = int(spec.warmup_epochs * iters_per_epoch)
-    if iteration < warmup:
-        return base_lr * (iteration + 1) / warmup
-    if spec.schedule == "constant":
-        return base_lr
-    floor = min(spec.lr_floor, base_lr)
-    progress = (iteration - warmup) / max(1, total_iterations - warmup)
-    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+@dataclass(frozen=True)
+class LRSchedule:
+    """Linear warmup, then cosine (or constant) over one stage's iterations.
+
+    The cosine ends at `floor` (its shape is rescaled to end there), or, with
+    `constant_ending`, follows the cosine towards 0 and holds once it reaches that
+    fraction of the initial LR (BigNAS).
+    """
+
+    base_lr: float
+    total_iterations: int
+    warmup_iterations: int = 0
+    kind: str = "cosine"
+    floor: float = 0.0
+    constant_ending: float | None = None
+
+    def at(self, iteration: int) -> float:
+        if iteration < self.warmup_iterations:
+            return self.base_lr * (iteration + 1) / self.warmup_iterations
+        if self.kind == "constant":
+            return self.base_lr
+        progress = (iteration - self.warmup_iterations) / max(1, self.total_iterations - self.warmup_iterations)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if self.constant_ending is not None:
+            return max(self.base_lr * cosine, self.base_lr * self.constant_ending)
+        floor = min(self.floor, self.base_lr)
+        return floor + (self.base_lr - floor) * cosine

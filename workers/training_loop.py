@@ -26,12 +26,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from orchestrator.cost.attempts import AttemptLog
 from orchestrator.cost.pricing import price_usage
 from orchestrator.storage.run_store import RunStore
 from workers.data.datasets import num_classes, train_dataset
-from workers.methods import SubnetStep, Target, TrainingMethod, build_method
-from workers.optim import build_optimizer, lr_at, scaled_lr
+from workers.diagnostics import record_diagnostics
+from workers.distillation import DistillationLoss
+from workers.epoch_guard import EpochGuard
+from workers.methods import Stage, SubnetStep, Target, TrainingMethod, build_method
+from workers.optim import LRSchedule, build_optimizer, scaled_lr
 from workers.supernet.factory import build_space, build_supernet
+from workers.supernet.space import SearchSpace
 from workers.supernet.supernet import ElasticSupernet
 
 if TYPE_CHECKING:
@@ -49,17 +54,9 @@ class TrainJobConfig:
     devices: int
     device_type: str
     price_per_device_hour: float
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) at temperature T, scaled by T² so gradients keep their size."""
-    t = temperature
-    return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1),
-        F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (t * t)
+    stage: int = 0  # index into the method's stages
+    init_checkpoint: str | None = None  # the previous stage's final checkpoint: this stage starts from its weights
+    teacher_checkpoint: str | None = None  # the frozen teacher's weights, for stages that name one
 
 
 def step_rng(seed: int, epoch: int, step: int) -> random.Random:
@@ -86,14 +83,17 @@ def run_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     label_smoothing: float,
-    temperature: float,
+    distill: DistillationLoss,
+    frozen_teacher: nn.Module | None = None,
 ) -> tuple[float, float | None]:
     """Forward and backward every subnet of a minibatch, accumulating gradients.
 
     Returns the first step's loss and the mean loss of the others (None if there are none).
+    A distillation term is logged as its true value (for the α-divergence, not the surrogate).
     """
     net = _unwrap(model)
-    teacher_logits: torch.Tensor | None = None
+    inplace_logits: torch.Tensor | None = None
+    frozen_logits: torch.Tensor | None = None
     first_loss, sub_losses = 0.0, []
     for i, s in enumerate(steps):
         net.set_active_subnet(s.config)
@@ -101,18 +101,58 @@ def run_step(
         logits = model(images)
         if s.target is Target.LABELS:
             loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        else:
-            if teacher_logits is None:
+            logged = loss.detach()
+        elif s.target is Target.INPLACE_KD:
+            if inplace_logits is None:
                 raise RuntimeError("in-place distillation needs a teacher step earlier in the minibatch")
-            loss = kd_loss(logits, teacher_logits, temperature)
+            loss, logged = distill(logits, inplace_logits)
+        else:
+            if frozen_teacher is None:
+                raise RuntimeError("distillation from a frozen teacher needs a stage with a teacher")
+            if frozen_logits is None:
+                with torch.no_grad():
+                    frozen_logits = frozen_teacher(images)
+            ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            kd, kd_value = distill(logits, frozen_logits)
+            loss, logged = ce + s.kd_weight * kd, ce.detach() + s.kd_weight * kd_value
         (loss * s.grad_weight).backward()
         if s.is_teacher:
-            teacher_logits = logits.detach()
+            inplace_logits = logits.detach()
         if i == 0:
-            first_loss = loss.item()
+            first_loss = logged.item()
         else:
-            sub_losses.append(loss.item())
+            sub_losses.append(logged.item())
     return first_loss, (sum(sub_losses) / len(sub_losses) if sub_losses else None)
+
+
+def load_frozen_teacher(
+    spec: JobSpec, space: SearchSpace, num_classes: int, checkpoint_file: str, device: torch.device
+) -> ElasticSupernet:
+    """The teacher of a later stage: the largest network with a finished stage's weights, in eval mode, no grads."""
+    teacher = build_supernet(spec, space, num_classes)
+    state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    teacher.load_state_dict(state["model"])
+    teacher.set_active_subnet(space.largest())
+    teacher.requires_grad_(False)
+    return teacher.to(device, memory_format=torch.channels_last).eval()
+
+
+def stage_schedule(
+    spec: JobSpec, method: TrainingMethod, stage: Stage, global_batch: int, steps_per_epoch: int
+) -> LRSchedule:
+    """The stage's LR schedule: its own LR, warmup and floor where it sets them, the spec's otherwise."""
+    opt = spec.optimizer
+    lr = stage.lr if stage.lr is not None else opt.lr
+    lr_batch = stage.lr_batch if stage.lr_batch is not None else opt.lr_batch
+    warmup = stage.warmup_epochs if stage.warmup_epochs is not None else opt.warmup_epochs
+    return LRSchedule(
+        base_lr=scaled_lr(lr, lr_batch, global_batch),
+        total_iterations=stage.epochs * steps_per_epoch,
+        warmup_iterations=int(warmup * steps_per_epoch),
+        kind=opt.schedule,
+        floor=stage.lr_floor if stage.lr_floor is not None else opt.lr_floor,
+        constant_ending=method.lr_constant_ending(),
+    )
 
 
 def _save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
@@ -144,7 +184,8 @@ def train_loop_per_worker(config: dict) -> None:
     store = RunStore(run_dir)
 
     space = build_space(spec)
-    method: TrainingMethod = build_method(spec.method, space)
+    method: TrainingMethod = build_method(spec.method, space, spec.seed)
+    stage = method.stages()[job.stage]
     data = train_dataset(spec.dataset)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True)
     loader = DataLoader(
@@ -162,20 +203,52 @@ def train_loop_per_worker(config: dict) -> None:
         )
 
     torch.manual_seed(spec.seed)
-    net = build_supernet(spec, space, num_classes(spec.dataset)).to(device, memory_format=torch.channels_last)
+    classes = num_classes(spec.dataset)
+    net = build_supernet(spec, space, classes)
     global_batch = spec.dataset.batch_size * world
-    base_lr = scaled_lr(spec.optimizer, global_batch)
-    optimizer = build_optimizer(net, spec.optimizer, base_lr)
+    schedule = stage_schedule(spec, method, stage, global_batch, steps_per_epoch)
+    base_lr = schedule.base_lr
 
-    start_epoch = 0
+    # Resume this stage from its last checkpoint; else start from the previous stage's weights
+    # (with a fresh optimiser, as every phase of progressive shrinking does); else from scratch.
+    start_epoch, state = stage.first_epoch, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=True)
+            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+    elif job.init_checkpoint is not None:
+        net.load_state_dict(torch.load(job.init_checkpoint, map_location="cpu", weights_only=True)["model"])
+    else:
+        method.init_weights(net)
+    net = net.to(device, memory_format=torch.channels_last)
+    optimizer = build_optimizer(net, spec.optimizer, base_lr)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    frozen_teacher = None
+    if stage.teacher is not None:
+        if job.teacher_checkpoint is None:
+            raise RuntimeError(f"stage {stage.name!r} distils from stage {stage.teacher!r}, which has no checkpoint")
+        frozen_teacher = load_frozen_teacher(spec, space, classes, job.teacher_checkpoint, device)
+    distill = method.distillation()
     attempt = _next_attempt(run_dir) if rank == 0 else -1
+    # Rank 0's marker of this attempt; it also charges the lost time of earlier attempts that died mid-epoch.
+    attempt_log = (
+        AttemptLog.begin(
+            run_dir,
+            attempt,
+            started,
+            run=spec.run,
+            method=method.name,
+            group=spec.group,
+            devices=job.devices,
+            device_type=job.device_type,
+            price_per_device_hour=job.price_per_device_hour,
+        )
+        if rank == 0
+        else None
+    )
 
     model: nn.Module = net
     if world > 1:
@@ -183,9 +256,8 @@ def train_loop_per_worker(config: dict) -> None:
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
-    total_iterations = method.epochs * steps_per_epoch
     overhead = time.time() - started  # set-up and restore time, charged to this attempt's first epoch
-    for epoch in range(start_epoch, method.epochs):
+    for epoch in range(start_epoch, stage.end_epoch):
         epoch_start = time.time()
         sampler.set_epoch(epoch)
         model.train()
@@ -194,17 +266,19 @@ def train_loop_per_worker(config: dict) -> None:
         for step, (images, labels) in enumerate(loader):
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
-            lr = lr_at(spec.optimizer, base_lr, epoch * steps_per_epoch + step, total_iterations, steps_per_epoch)
+            lr = schedule.at((epoch - stage.first_epoch) * steps_per_epoch + step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             steps = method.steps(epoch, step, steps_per_epoch, step_rng(spec.seed, epoch, step))
             optimizer.zero_grad(set_to_none=True)
             loss, sub_loss = run_step(
-                model, steps, images, labels, spec.optimizer.label_smoothing, method.kd_temperature()
+                model, steps, images, labels, spec.optimizer.label_smoothing, distill, frozen_teacher
             )
             if spec.optimizer.grad_clip_norm is not None:
                 nn.utils.clip_grad_norm_(net.parameters(), spec.optimizer.grad_clip_norm)
             optimizer.step()
+            if attempt_log is not None:
+                attempt_log.heartbeat(epoch)
             loss_sum += loss
             subnets += len(steps)
             if sub_loss is not None:
@@ -237,8 +311,16 @@ def train_loop_per_worker(config: dict) -> None:
                     subnets / steps_per_epoch,
                 )
                 print(_progress_line(spec.run, method.epochs, metrics, wall), flush=True)
+            stop = EpochGuard(spec, run_dir, method, rank, device).after_epoch(epoch, stage.end_epoch)
             ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
+            if attempt_log is not None:
+                attempt_log.epoch_done(epoch)  # its checkpoint is stored: nothing up to here can be lost
+        record_diagnostics(spec, store, method, net, epoch, steps_per_epoch, rank)  # rank 0, chosen epochs only
         overhead = 0.0
+        if stop:
+            break  # a cancel request, or the budget: this epoch's checkpoint is the run's last for now
+    if attempt_log is not None:
+        attempt_log.finish()
 
 
 def _record_epoch(
@@ -257,6 +339,7 @@ def _record_epoch(
         {
             "run": job.spec.run,
             "method": method.name,
+            "group": job.spec.group,
             "epoch": metrics["epoch"],
             "phase": metrics["phase"],
             "attempt": attempt,

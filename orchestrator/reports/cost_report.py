@@ -5,16 +5,20 @@ The columns follow Table 2 of the DepS paper.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.compute as pc
 
 from orchestrator.errors import UserError
+from orchestrator.forecast import load_forecast
 from orchestrator.reports.table import Column
+from orchestrator.state import RunState, read_state
 from orchestrator.storage.run_store import RunStore
 
 COLUMNS = [
     Column("run", "run"),
+    Column("group", "group"),
     Column("method", "method"),
     Column("device_type", "device"),
     Column("epochs", "epochs"),
@@ -23,7 +27,12 @@ COLUMNS = [
     Column("train_dollars", "train $", ".4f"),
     Column("eval_device_hours", "eval dev-h", ".4f"),
     Column("eval_dollars", "eval $", ".4f"),
+    Column("lost_device_hours", "lost dev-h", ".4f"),  # paid for, lost when an attempt died mid-epoch
+    Column("lost_dollars", "lost $", ".4f"),
     Column("total_dollars", "total $", ".4f"),
+    Column("forecast_device_hours", "forecast dev-h", ".4f"),  # measured at launch (forecast.json)
+    Column("forecast_dollars", "forecast $", ".4f"),
+    Column("forecast_error_pct", "actual vs forecast %", "+.1f"),  # device-hours, once the run has succeeded
     Column("subnets", "subnets"),
     Column("smallest_top1", "smallest top-1", ".2f"),
     Column("smallest_mmacs", "smallest MMACs", ".2f"),
@@ -32,12 +41,40 @@ COLUMNS = [
 ]
 
 
-def resolve_run_dir(name_or_path: str, root: Path) -> Path:
+def _has_results(run_dir: Path) -> bool:
+    return (run_dir / "epochs.parquet").exists() or (run_dir / "subnets.parquet").exists()
+
+
+def group_run_dirs(group: str, root: Path) -> list[Path]:
+    """The runs under `root` whose plan names `group` as their comparison, in the order they were submitted."""
+    found = []
+    for plan_path in sorted(root.glob("*/plan.json")):
+        try:
+            plan = json.loads(plan_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if plan.get("group") == group and _has_results(plan_path.parent):
+            found.append((plan_path.stat().st_mtime_ns, plan_path.parent))  # submit writes them in spec order
+    return [run_dir for _, run_dir in sorted(found, key=lambda item: item[0])]
+
+
+def resolve_run_dirs(name_or_path: str, root: Path) -> list[Path]:
+    """A run directory, a run name under root, or a comparison name (all its runs)."""
     path = Path(name_or_path)
     for candidate in (path, root / name_or_path):
-        if (candidate / "epochs.parquet").exists() or (candidate / "subnets.parquet").exists():
-            return candidate
-    raise UserError(f"{name_or_path}: no run there (looked for epochs.parquet in {path} and {root / name_or_path})")
+        if _has_results(candidate):
+            return [candidate]
+    grouped = group_run_dirs(name_or_path, root)
+    if grouped:
+        return grouped
+    raise UserError(
+        f"{name_or_path}: no run there (looked for epochs.parquet in {path} and {root / name_or_path}) "
+        f"and no comparison of that name under {root}"
+    )
+
+
+def resolve_run_dir(name_or_path: str, root: Path) -> Path:
+    return resolve_run_dirs(name_or_path, root)[0]
 
 
 def _sum(table, column: str) -> float:
@@ -47,11 +84,12 @@ def _sum(table, column: str) -> float:
 def run_costs(run_dir: Path) -> dict:
     store = RunStore(run_dir)
     epochs, subnets = store.epochs(), store.subnets()
-    row: dict = {"run": run_dir.name, "method": None, "device_type": None}
+    row: dict = {"run": run_dir.name, "group": None, "method": None, "device_type": None}
     for table in (epochs, subnets):
         if len(table):
             row["method"] = table["method"][0].as_py()
             row["run"] = table["run"][0].as_py()
+            row["group"] = table["group"][0].as_py()
     if len(epochs):
         row["device_type"] = epochs["device_type"][0].as_py()
     n = len(epochs)
@@ -67,7 +105,12 @@ def run_costs(run_dir: Path) -> dict:
             "subnets": len(subnets),
         }
     )
-    row["total_dollars"] = row["train_dollars"] + row["eval_dollars"]
+    lost = store.lost()
+    row["lost_attempts"] = len(lost)
+    row["lost_device_hours"] = _sum(lost, "device_hours")
+    row["lost_dollars"] = _sum(lost, "dollars")
+    row["total_dollars"] = row["train_dollars"] + row["eval_dollars"] + row["lost_dollars"]
+    row.update(forecast_columns(run_dir, row["train_device_hours"] + row["eval_device_hours"]))
     if len(subnets):
         rows = sorted(subnets.select(["macs", "top1"]).to_pylist(), key=lambda r: r["macs"])
         row.update(
@@ -81,5 +124,20 @@ def run_costs(run_dir: Path) -> dict:
     return row
 
 
+def forecast_columns(run_dir: Path, actual_device_hours: float) -> dict:
+    """The forecast measured at launch, and how far the finished run's device-hours ended from it."""
+    forecast = load_forecast(run_dir)
+    if forecast is None:
+        return {}
+    state = read_state(RunStore(run_dir).state_path)
+    done = state is not None and state.state is RunState.SUCCEEDED and forecast.total_device_hours > 0
+    error = 100.0 * (actual_device_hours / forecast.total_device_hours - 1.0) if done else None
+    return {
+        "forecast_device_hours": forecast.total_device_hours,
+        "forecast_dollars": forecast.total_dollars,
+        "forecast_error_pct": error,
+    }
+
+
 def cost_report(runs: list[str], root: Path) -> list[dict]:
-    return [run_costs(resolve_run_dir(r, root)) for r in runs]
+    return [run_costs(run_dir) for name in runs for run_dir in resolve_run_dirs(name, root)]

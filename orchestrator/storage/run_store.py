@@ -8,10 +8,24 @@ from pathlib import Path
 import pyarrow as pa
 
 from orchestrator.storage.parquet_table import read_rows, upsert_rows
-from orchestrator.storage.schemas import EPOCH_KEY, EPOCH_SCHEMA, SUBNET_KEY, SUBNET_SCHEMA
+from orchestrator.storage.schemas import (
+    CLASS_CORRELATION_KEY,
+    CLASS_CORRELATION_SCHEMA,
+    EPOCH_KEY,
+    EPOCH_SCHEMA,
+    GRADIENT_KEY,
+    GRADIENT_SCHEMA,
+    LOST_KEY,
+    LOST_SCHEMA,
+    SUBNET_KEY,
+    SUBNET_SCHEMA,
+)
 
 EPOCHS_FILE = "epochs.parquet"
 SUBNETS_FILE = "subnets.parquet"
+CLASS_CORRELATION_FILE = "class_correlation.parquet"
+GRADIENTS_FILE = "gradients.parquet"
+LOST_FILE = "lost.parquet"
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,27 @@ class RunStore:
 
     def subnets(self) -> pa.Table:
         return read_rows(self.subnets_path, SUBNET_SCHEMA)
+
+    def record_class_correlation(self, rows: list[dict]) -> None:
+        if rows:
+            upsert_rows(self.run_dir / CLASS_CORRELATION_FILE, rows, CLASS_CORRELATION_SCHEMA, CLASS_CORRELATION_KEY)
+
+    def record_gradients(self, rows: list[dict]) -> None:
+        if rows:
+            upsert_rows(self.run_dir / GRADIENTS_FILE, rows, GRADIENT_SCHEMA, GRADIENT_KEY)
+
+    def record_lost(self, rows: list[dict]) -> None:
+        if rows:
+            upsert_rows(self.run_dir / LOST_FILE, rows, LOST_SCHEMA, LOST_KEY)
+
+    def lost(self) -> pa.Table:
+        return read_rows(self.run_dir / LOST_FILE, LOST_SCHEMA)
+
+    def class_correlation(self) -> pa.Table:
+        return read_rows(self.run_dir / CLASS_CORRELATION_FILE, CLASS_CORRELATION_SCHEMA)
+
+    def gradients(self) -> pa.Table:
+        return read_rows(self.run_dir / GRADIENTS_FILE, GRADIENT_SCHEMA)
 
 
 def run_dir_for(storage_root: Path, run: str) -> Path:

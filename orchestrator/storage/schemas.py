@@ -7,6 +7,7 @@ import pyarrow as pa
 EPOCH_COLUMNS = [
     pa.field("run", pa.string(), nullable=False),
     pa.field("method", pa.string(), nullable=False),
+    pa.field("group", pa.string()),  # the comparison a run belongs to (a multi-method spec's run name), if any
     pa.field("epoch", pa.int32(), nullable=False),
     pa.field("phase", pa.string(), nullable=False),
     pa.field("attempt", pa.int32(), nullable=False),
@@ -33,6 +34,7 @@ EPOCH_KEY = ("run", "epoch")
 SUBNET_COLUMNS = [
     pa.field("run", pa.string(), nullable=False),
     pa.field("method", pa.string(), nullable=False),
+    pa.field("group", pa.string()),  # the comparison a run belongs to (a multi-method spec's run name), if any
     pa.field("subnet_id", pa.string(), nullable=False),
     pa.field("config", pa.string(), nullable=False),
     pa.field("resolution", pa.int32(), nullable=False),
@@ -49,6 +51,69 @@ SUBNET_COLUMNS = [
     pa.field("device_hours", pa.float64(), nullable=False),
     pa.field("dollars", pa.float64(), nullable=False),
     pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("selection", pa.string()),  # the strategy that picked the subnet (spread, buckets, evolution, ...)
+    pa.field("search_round", pa.int32()),  # evolution: 0 for the initial population, then the round that bred it
 ]
 SUBNET_SCHEMA = pa.schema(SUBNET_COLUMNS)
 SUBNET_KEY = ("run", "subnet_id")
+
+# Training diagnostics (workers/diagnostics.py), one small table each per run.
+CLASS_CORRELATION_COLUMNS = [
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("group", pa.string()),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("epoch", pa.int32(), nullable=False),
+    pa.field("phase", pa.string(), nullable=False),
+    pa.field("images", pa.int32(), nullable=False),
+    pa.field("predicted_class", pa.int32(), nullable=False),
+    pa.field("other_class", pa.int32(), nullable=False),
+    pa.field("predicted_count", pa.int32(), nullable=False),
+    pa.field("cosine", pa.float64()),  # null where either class was never predicted
+    pa.field("seconds", pa.float64(), nullable=False),
+    pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+]
+CLASS_CORRELATION_SCHEMA = pa.schema(CLASS_CORRELATION_COLUMNS)
+CLASS_CORRELATION_KEY = ("run", "epoch", "predicted_class", "other_class")
+
+GRADIENT_COLUMNS = [
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("group", pa.string()),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("epoch", pa.int32(), nullable=False),
+    pa.field("phase", pa.string(), nullable=False),
+    pa.field("probe_epoch", pa.int32(), nullable=False),
+    pa.field("probe_phase", pa.string(), nullable=False),
+    pa.field("layer_index", pa.int32(), nullable=False),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("params", pa.int64(), nullable=False),
+    pa.field("gradient", pa.string(), nullable=False),  # no_shrink, shrink, eps_shrink
+    pa.field("student_weight", pa.float64(), nullable=False),
+    pa.field("l2_norm", pa.float64(), nullable=False),
+    pa.field("cosine_to_no_shrink", pa.float64()),
+    pa.field("seconds", pa.float64(), nullable=False),
+    pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+]
+GRADIENT_SCHEMA = pa.schema(GRADIENT_COLUMNS)
+GRADIENT_KEY = ("run", "epoch", "layer_index", "gradient")
+
+# Work paid for but lost: an attempt that died mid-epoch (orchestrator/cost/attempts.py), one row per attempt.
+LOST_COLUMNS = [
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("group", pa.string()),
+    pa.field("attempt", pa.int32(), nullable=False),
+    pa.field("epoch", pa.int32()),  # the epoch in flight when the attempt died
+    pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("lost_from", pa.timestamp("us", tz="UTC"), nullable=False),  # its last epoch's end, else its start
+    pa.field("last_heartbeat", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("lost_seconds", pa.float64(), nullable=False),
+    pa.field("devices", pa.int32(), nullable=False),
+    pa.field("device_type", pa.string(), nullable=False),
+    pa.field("device_hours", pa.float64(), nullable=False),
+    pa.field("price_per_device_hour", pa.float64(), nullable=False),
+    pa.field("dollars", pa.float64(), nullable=False),
+    pa.field("detected_by_attempt", pa.int32(), nullable=False),
+    pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+]
+LOST_SCHEMA = pa.schema(LOST_COLUMNS)
+LOST_KEY = ("run", "attempt")

@@ -7,17 +7,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from workers.methods.base import MethodConfig, SubnetStep, Target, TrainingMethod
+from workers.methods.base import DistillingConfig, DistillingMethod, SubnetStep, Target
 
 
-class DepSConfig(MethodConfig):
+class DepSConfig(DistillingConfig):
     name: Literal["deps"] = "deps"
     epochs: int = Field(200, gt=0)
     warmup_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     eps_start: float = Field(1e-4, gt=0.0, le=1.0)
     eps_ramp_epochs: float = Field(5.0, ge=0.0)
     subnets_per_step: int = Field(4, ge=2)
-    kd_temperature: float = Field(1.0, gt=0.0)
 
     @model_validator(mode="after")
     def _has_shrinking(self) -> DepSConfig:
@@ -30,7 +29,7 @@ class DepSConfig(MethodConfig):
         return round(self.epochs * self.warmup_fraction)
 
 
-class DepS(TrainingMethod):
+class DepS(DistillingMethod):
     name = "deps"
     config_model = DepSConfig
     config: DepSConfig
@@ -59,6 +58,3 @@ class DepS(TrainingMethod):
 
     def scalars(self, epoch: int, step: int, steps_per_epoch: int) -> dict[str, float]:
         return {"epsilon": self.epsilon(epoch, step, steps_per_epoch)}
-
-    def kd_temperature(self) -> float:
-        return self.config.kd_temperature

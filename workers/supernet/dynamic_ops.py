@@ -30,20 +30,45 @@ class DynamicPointConv2d(nn.Module):
 
 
 class DynamicDepthwiseConv2d(nn.Module):
-    """Depthwise convolution with elastic kernel (centre crop of the largest) and channels."""
+    """Depthwise convolution with elastic kernel and channels.
 
-    def __init__(self, max_channels: int, kernel_choices: tuple[int, ...], stride: int) -> None:
+    A smaller kernel is the centre crop of the largest. With `kernel_transforms`
+    (OFA), each step down (7 -> 5 -> 3) also passes the crop through a learned
+    k²xk² matrix shared by all channels of the layer, initialised to identity.
+    """
+
+    def __init__(
+        self, max_channels: int, kernel_choices: tuple[int, ...], stride: int, kernel_transforms: bool = False
+    ) -> None:
         super().__init__()
-        self.max_kernel = max(kernel_choices)
+        self.kernel_sizes = tuple(sorted(kernel_choices, reverse=True))
+        self.max_kernel = self.kernel_sizes[0]
         self.stride = stride
         self.conv = nn.Conv2d(
             max_channels, max_channels, self.max_kernel, stride, self.max_kernel // 2, groups=max_channels, bias=False
         )
+        self.transforms = nn.ParameterDict()
+        if kernel_transforms:
+            for larger, smaller in zip(self.kernel_sizes, self.kernel_sizes[1:]):
+                self.transforms[f"{larger}to{smaller}"] = nn.Parameter(torch.eye(smaller * smaller))
         self.active_kernel = self.max_kernel
 
+    @staticmethod
+    def _centre(weight: torch.Tensor, kernel: int) -> torch.Tensor:
+        start = (weight.size(-1) - kernel) // 2
+        return weight[..., start : start + kernel, start : start + kernel]
+
     def kernel_weight(self, channels: int, kernel: int) -> torch.Tensor:
-        start = (self.max_kernel - kernel) // 2
-        return self.conv.weight[:channels, :, start : start + kernel, start : start + kernel]
+        weight = self.conv.weight[:channels]
+        if not len(self.transforms):
+            return self._centre(weight, kernel)
+        for larger, smaller in zip(self.kernel_sizes, self.kernel_sizes[1:]):
+            if larger == kernel:
+                break
+            crop = self._centre(weight, smaller)
+            matrix = self.transforms[f"{larger}to{smaller}"]
+            weight = (crop.reshape(-1, smaller * smaller) @ matrix).reshape(crop.shape)
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels, k = x.size(1), self.active_kernel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.supernet.space import SearchSpace, mobilenetv3_space
+from workers.supernet.space import SPACES, SearchSpace
 from workers.supernet.supernet import ElasticSupernet
 
 if TYPE_CHECKING:
@@ -13,13 +13,14 @@ if TYPE_CHECKING:
 
 def build_space(spec: JobSpec) -> SearchSpace:
     s = spec.space
-    return mobilenetv3_space(
+    return SPACES[s.name](
         width_mult=s.width_mult,
         cifar=s.cifar_variant,
         resolution=spec.dataset.resolution,
         kernel_choices=s.kernel_choices,
         expand_choices=s.expand_choices,
         depth_choices=s.depth_choices,
+        kernel_transforms=s.kernel_transforms,
     )
 
 

@@ -59,7 +59,13 @@ def profile_subnet(space: SearchSpace, config: SubnetConfig, num_classes: int) -
             m, p, hw = _mbconv(hw, in_ch, layout.width, kernel, expand, stride, layout.se)
             macs, params, in_ch = macs + m, params + p, layout.width
 
-    fe, fm = space.final_expand_width, space.feature_mix_width
-    macs += hw * hw * in_ch * fe + fe * fm + fm * num_classes
-    params += in_ch * fe + _bn(fe) + fe * fm + fm * num_classes + num_classes
+    fe = space.final_expand_width
+    macs += hw * hw * in_ch * fe
+    params += in_ch * fe + _bn(fe)
+    features = fe
+    if space.has_feature_mix:
+        fm = space.feature_mix_width
+        macs, params, features = macs + fe * fm, params + fe * fm, fm
+    macs += features * num_classes
+    params += features * num_classes + num_classes
     return SubnetProfile(macs=macs, params=params)

@@ -43,6 +43,7 @@ class DynamicMBConv(nn.Module):
         act: str,
         use_se: bool,
         bn_momentum: float,
+        kernel_transforms: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.act = in_channels, out_channels, act
@@ -51,7 +52,7 @@ class DynamicMBConv(nn.Module):
         if self.has_expand:
             self.expand_conv = DynamicPointConv2d(in_channels, max_mid)
             self.expand_bn = DynamicBatchNorm2d(max_mid, bn_momentum)
-        self.depthwise = DynamicDepthwiseConv2d(max_mid, kernel_choices, stride)
+        self.depthwise = DynamicDepthwiseConv2d(max_mid, kernel_choices, stride, kernel_transforms)
         self.depthwise_bn = DynamicBatchNorm2d(max_mid, bn_momentum)
         self.se = DynamicSqueezeExcite(max_mid) if use_se else None
         self.project = DynamicPointConv2d(max_mid, out_channels)
@@ -109,16 +110,21 @@ class ElasticSupernet(nn.Module):
                         layout.act,
                         layout.se,
                         bn_momentum,
+                        space.kernel_transforms,
                     )
                 )
                 in_ch = layout.width
             stages.append(nn.ModuleList(blocks))
         self.stages = nn.ModuleList(stages)
-        self.final_expand = conv_bn_act(in_ch, space.final_expand_width, 1, 1, "hswish", bn_momentum)
-        self.feature_mix = nn.Sequential(
-            nn.Conv2d(space.final_expand_width, space.feature_mix_width, 1, bias=False), build_activation("hswish")
-        )
-        self.classifier = nn.Linear(space.feature_mix_width, num_classes)
+        self.final_expand = conv_bn_act(in_ch, space.final_expand_width, 1, 1, space.final_act, bn_momentum)
+        if space.has_feature_mix:
+            self.feature_mix = nn.Sequential(
+                nn.Conv2d(space.final_expand_width, space.feature_mix_width, 1, bias=False), build_activation("hswish")
+            )
+            features = space.feature_mix_width
+        else:
+            self.feature_mix, features = nn.Identity(), space.final_expand_width
+        self.classifier = nn.Linear(features, num_classes)
         self.active_dropout = dropout
         self._active = space.largest()
         self.set_active_subnet(self._active)
@@ -161,4 +167,5 @@ class ElasticSupernet(nn.Module):
         )
 
     def residual_blocks(self) -> list[DynamicMBConv]:
+        """Blocks with an identity shortcut (stride 1, same width): the ones depth can skip."""
         return [b for b in [self.first_block, *[b for s in self.stages for b in s]] if b.residual]

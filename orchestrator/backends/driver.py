@@ -1,0 +1,59 @@
+"""The driver of a run that `deps-orch submit` sent to a cluster: it runs the stages there.
+
+Started by the Slurm job on the allocation's first node, or as the entry point
+of a Ray job. It does what `deps-orch submit` does on a laptop, except that its
+cluster runs already: `backend_for` attaches to it (RAY_ADDRESS, or `auto`).
+Exit codes are the CLI's: 0 done, 1 failed, 2 a user error, 130 interrupted.
+
+    python -m orchestrator.backends.driver SPEC.json
+    python -m orchestrator.backends.driver --json '{"run": ...}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestrator.errors import UserError
+from orchestrator.ray_env import prepare_ray_environment
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    prepare_ray_environment()  # before anything imports ray
+    signal.signal(signal.SIGTERM, _interrupt)
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.backends.driver")
+    parser.add_argument("spec", nargs="?", help="the spec as JSON (absolute paths), as the submitting side saved it")
+    parser.add_argument("--json", help="the spec itself, as JSON")
+    args = parser.parse_args(argv)
+    if (args.spec is None) == (args.json is None):
+        parser.error("give a spec file or --json")
+    spec_path = Path(args.spec) if args.spec else None
+    if spec_path is None:
+        handle = tempfile.NamedTemporaryFile("w", prefix="deps-spec-", suffix=".json", delete=False)
+        with handle:
+            handle.write(args.json)
+        spec_path = Path(handle.name)
+    from orchestrator.cli import _submit
+
+    submit_args = argparse.Namespace(
+        spec=str(spec_path), overrides=[], dry_run=False, no_forecast=True, detach=False, inside_cluster=True
+    )
+    try:
+        return _submit(submit_args)
+    except UserError as error:
+        print(f"deps-orch: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if args.json is not None:
+            spec_path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""`deps-orch compare`: the comparison the papers make, from the runs' Parquet results.
+
+Per run (one method each): the smallest and largest evaluated subnets' top-1 and
+MACs, the best subnet per FLOP bucket, the mean Pareto accuracy, epochs,
+device-minutes per epoch, device-hours and dollars for training and evaluation,
+and the accuracy gained per dollar.
+
+Mean Pareto accuracy normalises MACs over each run's own supernet range (from its
+plan; from its evaluated subnets if it has none), as the DepS paper defines it. The
+FLOP buckets span one range for the whole comparison, from the smallest to the
+largest subnet of the supernets compared, so each bucket row compares like with
+like. When the supernets' ranges differ (CompOFA's coupled space starts higher), the
+table also gives every run's range and its mean Pareto accuracy over the common
+range, where budgets it cannot serve count as 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import UserError
+from orchestrator.reports.cost_report import run_costs
+from orchestrator.reports.pareto import Point, best_per_bucket, mean_pareto_accuracy
+from orchestrator.storage.dataset import group_of, groups, is_run_dir, read_run_table, runs_in_group
+from workers.selection import FlopBuckets
+
+FORMATS = ("markdown", "csv", "json")
+DEFAULT_BUCKETS = 6
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What a comparison needs of one run, read from its results (only the columns used)."""
+
+    name: str
+    run_dir: Path
+    method: str | None
+    group: str | None
+    costs: dict
+    points: list[Point]
+    mac_range: tuple[int, int] | None  # the supernet's, from the plan
+    num_classes: int | None
+
+
+@dataclass
+class Comparison:
+    title: str
+    runs: list[RunResults]
+    buckets: FlopBuckets | None
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def range_mmacs(self) -> tuple[float, float] | None:
+        return (self.buckets.lo / 1e6, self.buckets.hi / 1e6) if self.buckets else None
+
+
+def _plan(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "plan.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_run(run_dir: Path) -> RunResults:
+    plan = _plan(run_dir)
+    subnets = read_run_table(run_dir, "subnets", ["subnet_id", "macs", "top1"]).to_pylist()
+    space, dataset = plan.get("space", {}), plan.get("dataset", {})
+    mac_range = None
+    if isinstance(space.get("smallest_macs"), int) and isinstance(space.get("largest_macs"), int):
+        mac_range = (space["smallest_macs"], space["largest_macs"])
+    costs = run_costs(run_dir)
+    return RunResults(
+        name=costs["run"],
+        run_dir=run_dir,
+        method=costs["method"] or (plan.get("method") or {}).get("name"),
+        group=group_of(run_dir),
+        costs=costs,
+        points=[Point(r["macs"], r["top1"], r["subnet_id"]) for r in subnets],
+        mac_range=mac_range,
+        num_classes=dataset.get("classes"),
+    )
+
+
+def resolve_runs(runs: Sequence[str], group: str | None, root: Path) -> list[Path]:
+    """Run directories from names under `root` or paths, or every run of a comparison group."""
+    if bool(runs) == bool(group):
+        raise UserError("compare: name runs (RUN ...) or a comparison (--group NAME), not both and not neither")
+    if group:
+        found = runs_in_group(root, group)
+        if not found:
+            known = groups(root)
+            raise UserError(
+                f"--group {group}: no runs of that comparison under {root} "
+                f"({'comparisons there: ' + ', '.join(known) if known else 'no run there records a comparison group'})"
+            )
+        return found
+    dirs: list[Path] = []
+    for name in runs:
+        path = Path(name)
+        found = next((c for c in (path, root / name) if is_run_dir(c)), None)
+        if found is None:
+            raise UserError(f"{name}: no run there (looked for results in {path} and {root / name})")
+        if found.resolve() not in [d.resolve() for d in dirs]:
+            dirs.append(found)
+    return dirs
+
+
+def _own_range(run: RunResults) -> tuple[int, int] | None:
+    if run.mac_range:
+        return run.mac_range
+    if run.points:
+        return min(p.macs for p in run.points), max(p.macs for p in run.points)
+    return None
+
+
+def _common_range(runs: Sequence[RunResults]) -> tuple[int, int] | None:
+    ranges = [r for r in map(_own_range, runs) if r]
+    if not ranges:
+        return None
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+
+
+def _row(run: RunResults, buckets: FlopBuckets | None) -> dict:
+    costs = run.costs
+    row = {
+        "run": run.name,
+        "method": run.method,
+        "group": run.group,
+        "subnets": len(run.points),
+        "smallest_top1": costs.get("smallest_top1"),
+        "smallest_mmacs": costs.get("smallest_mmacs"),
+        "largest_top1": costs.get("largest_top1"),
+        "largest_mmacs": costs.get("largest_mmacs"),
+        "range_mmacs": [m / 1e6 for m in _own_range(run)] if _own_range(run) else None,
+        "mean_pareto_top1": None,
+        "mean_pareto_top1_common_range": None,
+        "buckets": [],
+        "epochs": costs["epochs"],
+        "device_type": costs["device_type"],
+        "device_minutes_per_epoch": costs["device_minutes_per_epoch"],
+        "train_device_hours": costs["train_device_hours"],
+        "train_dollars": costs["train_dollars"],
+        "eval_device_hours": costs["eval_device_hours"],
+        "eval_dollars": costs["eval_dollars"],
+        "total_dollars": costs["total_dollars"],
+        "chance_top1": 100.0 / run.num_classes if run.num_classes else None,
+        "top1_gain_per_dollar": None,
+    }
+    if buckets is not None and run.points:
+        row["mean_pareto_top1"] = mean_pareto_accuracy(run.points, *_own_range(run))
+        row["mean_pareto_top1_common_range"] = mean_pareto_accuracy(run.points, buckets.lo, buckets.hi)
+        for i, best in enumerate(best_per_bucket(run.points, buckets)):
+            lo, hi = buckets.bounds(i)
+            row["buckets"].append(
+                {
+                    "bucket": i + 1,
+                    "lo_mmacs": lo / 1e6,
+                    "hi_mmacs": hi / 1e6,
+                    "top1": best.top1 if best else None,
+                    "mmacs": best.macs / 1e6 if best else None,
+                    "subnet_id": best.subnet_id if best else None,
+                }
+            )
+    if row["mean_pareto_top1"] is not None and row["chance_top1"] is not None and row["total_dollars"] > 0:
+        row["top1_gain_per_dollar"] = (row["mean_pareto_top1"] - row["chance_top1"]) / row["total_dollars"]
+    return row
+
+
+def compare(run_dirs_: Sequence[Path], bucket_count: int = DEFAULT_BUCKETS, title: str = "") -> Comparison:
+    if bucket_count < 1:
+        raise UserError(f"--buckets: {bucket_count}; needs at least 1")
+    runs = [load_run(d) for d in run_dirs_]
+    span = _common_range(runs)
+    buckets = FlopBuckets(span[0], span[1], bucket_count) if span else None
+    comparison = Comparison(title or ", ".join(r.name for r in runs), runs, buckets)
+    comparison.rows = [_row(r, buckets) for r in runs]
+    return comparison
+
+
+def plots_dir_name(runs: Sequence[str], group: str | None) -> str:
+    """Where a comparison's plots go under `<root>/_compare/`: the group, or the runs' names (hashed if long)."""
+    name = group or "+".join(runs)
+    if len(name) > 80:
+        name = name[:60] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+# --- rendering -------------------------------------------------------------------------------------------------
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _at(top1: float | None, mmacs: float | None) -> str:
+    return "–" if top1 is None else f"{top1:.2f} @ {mmacs:.3g}"
+
+
+MAIN_COLUMNS = [
+    ("run", lambda r: r["run"]),
+    ("method", lambda r: r["method"] or "–"),
+    ("subnets", lambda r: str(r["subnets"])),
+    ("smallest top-1 @ MMACs", lambda r: _at(r["smallest_top1"], r["smallest_mmacs"])),
+    ("largest top-1 @ MMACs", lambda r: _at(r["largest_top1"], r["largest_mmacs"])),
+    ("mean Pareto top-1", lambda r: _f(r["mean_pareto_top1"], ".2f")),
+    ("epochs", lambda r: str(r["epochs"])),
+    ("dev-min/epoch", lambda r: _f(r["device_minutes_per_epoch"], ".3g")),
+    ("train dev-h", lambda r: _f(r["train_device_hours"], ".4g")),
+    ("train $", lambda r: _f(r["train_dollars"], ".4g")),
+    ("eval dev-h", lambda r: _f(r["eval_device_hours"], ".4g")),
+    ("eval $", lambda r: _f(r["eval_dollars"], ".4g")),
+    ("total $", lambda r: _f(r["total_dollars"], ".4g")),
+    ("top-1 gain per $", lambda r: _f(r["top1_gain_per_dollar"], ".4g")),
+]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+RANGE_COLUMNS = [
+    ("MMAC range", lambda r: "–" if r["range_mmacs"] is None else "{:.3g}-{:.3g}".format(*r["range_mmacs"])),
+    ("mean Pareto top-1, common range", lambda r: _f(r["mean_pareto_top1_common_range"], ".2f")),
+]
+
+
+def render_markdown(comparison: Comparison, plots: Sequence[Path] = ()) -> str:
+    columns = list(MAIN_COLUMNS)
+    if comparison.buckets is not None and any(
+        r["range_mmacs"] is not None and r["range_mmacs"] != list(comparison.range_mmacs) for r in comparison.rows
+    ):
+        at = [h for h, _ in columns].index("mean Pareto top-1")
+        columns[at + 1 : at + 1] = RANGE_COLUMNS
+    lines = [f"## Comparison: {comparison.title}", ""]
+    lines += _markdown_table([h for h, _ in columns], [[f(r) for _, f in columns] for r in comparison.rows], 2)
+    if comparison.buckets is not None:
+        lo, hi = comparison.range_mmacs
+        lines += ["", f"### Best subnet per FLOP bucket (top-1 % @ MMACs; range {lo:.4g}-{hi:.4g} MMACs)", ""]
+        header = ["bucket", "MMACs"] + [r["run"] for r in comparison.rows]
+        body = []
+        for i in range(comparison.buckets.count):
+            b_lo, b_hi = comparison.buckets.bounds(i)
+            cells = []
+            for r in comparison.rows:
+                b = r["buckets"][i] if r["buckets"] else None
+                cells.append(_at(b["top1"], b["mmacs"]) if b else "–")
+            body.append([str(i + 1), f"{b_lo / 1e6:.4g}-{b_hi / 1e6:.4g}"] + cells)
+        lines += _markdown_table(header, body, 2)
+    lines += [
+        "",
+        "Mean Pareto top-1: area under the Pareto front of top-1 against MACs normalised to [0, 1] over the run's "
+        "supernet's range (trapezoids between front subnets, flat after the last, 0 below the first).",
+        "Top-1 gain per $: (mean Pareto top-1 - chance) / total dollars (training + evaluation).",
+    ]
+    if plots:
+        lines += ["", "### Plots", ""] + [f"![{p.stem}]({p})" for p in plots]
+    return "\n".join(lines)
+
+
+def flat_rows(comparison: Comparison) -> list[dict]:
+    """One flat row per run: the bucket list spread into bucket<i>_top1 / _mmacs / _subnet_id columns."""
+    count = comparison.buckets.count if comparison.buckets else 0
+    out = []
+    for r in comparison.rows:
+        flat = {k: v for k, v in r.items() if k != "buckets"}
+        for i in range(count):
+            b = r["buckets"][i] if r["buckets"] else {}
+            for key in ("top1", "mmacs", "subnet_id"):
+                flat[f"bucket{i + 1}_{key}"] = b.get(key)
+        out.append(flat)
+    return out
+
+
+def render(comparison: Comparison, fmt: str = "markdown", plots: Sequence[Path] = ()) -> str:
+    if fmt == "markdown":
+        return render_markdown(comparison, plots)
+    if fmt == "csv":
+        rows = flat_rows(comparison)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["run"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    if fmt == "json":
+        document = {
+            "comparison": comparison.title,
+            "range_mmacs": list(comparison.range_mmacs) if comparison.range_mmacs else None,
+            "bucket_edges_mmacs": [e / 1e6 for e in comparison.buckets.edges] if comparison.buckets else None,
+            "runs": comparison.rows,
+            "plots": [str(p) for p in plots],
+        }
+        return json.dumps(document, indent=2, default=str)
+    raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")

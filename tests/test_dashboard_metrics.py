@@ -1,0 +1,259 @@
+"""Watching a real run: our Ray metrics, Ray Train's run in the dashboard, status while it runs, the forecast.
+
+One `deps-orch submit` on the local backend (its Ray head has the dashboard on
+127.0.0.1 and exports metrics on a port the test chooses) serves every test here:
+while it runs, the fixture scrapes the metrics endpoint, asks the dashboard's
+Train API for the run (with Ray's token, and without), and runs `status` and
+`dashboard`; afterwards the tests check what was seen, and the forecast measured
+at launch against what the run spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from orchestrator.backends.local import METRICS_PORT_ENV
+from orchestrator.dashboard import TRAIN_RUNS_API, dashboard_get
+from orchestrator.forecast import load_forecast
+from tests.conftest import REPO, deps_orch
+
+pytestmark = pytest.mark.ray
+
+RUN = "watched-dm"
+SAMPLE = re.compile(r"^(ray_deps_orch_\w+)\{(.*)\} (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Watched:
+    run_dir: Path
+    root: Path
+    returncode: int = -1
+    output: str = ""
+    metrics: dict[str, list[tuple[dict, float]]] = field(default_factory=dict)  # last scrape during training
+    train_run: dict | None = None
+    unauthorized: int | None = None
+    status_during: str = ""
+    dashboard_during: str = ""
+    seconds: float = 0.0
+    dry_run: dict = field(default_factory=dict)  # what `submit --dry-run` printed before the run
+    dry_run_wrote: bool = False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    samples: dict[str, list[tuple[dict, float]]] = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            labels = dict(LABEL.findall(match.group(2)))
+            samples.setdefault(match.group(1), []).append((labels, float(match.group(3))))
+    return samples
+
+
+def _ours(samples: dict, name: str) -> list[tuple[dict, float]]:
+    return [(labels, value) for labels, value in samples.get(name, []) if labels.get("run") == RUN]
+
+
+def _state(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "state.json").read_text())["state"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory) -> Watched:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    spec = {
+        "run": RUN,
+        "dataset": {"name": "digits", "resolution": 16, "batch_size": 32, "train_subset": 512},
+        "space": {"width_mult": 0.35, "cifar_variant": True, "bn_momentum": 0.1},
+        # Warmup trains the full model alone, shrinking three subnets a step: the two phases differ in cost.
+        "method": {"name": "deps", "epochs": 4, "warmup_fraction": 0.5, "eps_ramp_epochs": 1, "subnets_per_step": 3},
+        "optimizer": {"lr": 0.1, "lr_batch": 64},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 1},
+        "evaluation": {"subnets": 2, "calibration_images": 128, "calibration_batch_size": 64, "workers": 2},
+        "storage": {"root": str(tmp / "runs")},
+        "budget": {"max_dollars": 10.0},
+    }
+    spec_path = tmp / "watched.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    seen = Watched(run_dir=tmp / "runs" / RUN, root=tmp / "runs")
+    dry = deps_orch("submit", str(spec_path), "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    seen.dry_run, seen.dry_run_wrote = yaml.safe_load(dry.stdout), seen.root.exists()
+    port = _free_port()
+    exe = Path(sys.executable).with_name("deps-orch")
+    started = time.time()
+    process = subprocess.Popen(
+        [str(exe), "submit", str(spec_path)],
+        cwd=REPO,
+        env={**os.environ, METRICS_PORT_ENV: str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        while process.poll() is None and time.time() - started < 600:
+            time.sleep(1.0)
+            state = _state(seen.run_dir)
+            samples = _scrape(port)
+            epochs = _ours(samples, "ray_deps_orch_epoch")
+            if state == "TRAINING" and epochs and epochs[0][1] >= 1:
+                seen.metrics = samples
+            cluster_file = seen.run_dir / "ray.json"
+            if state == "TRAINING" and cluster_file.exists():
+                url = json.loads(cluster_file.read_text())["dashboard_url"]
+                try:
+                    runs = dashboard_get(url, TRAIN_RUNS_API)["train_runs"]
+                    mine = [r for r in runs if r["name"] == RUN]
+                    if mine and mine[0]["attempts"] and mine[0]["attempts"][-1]["workers"]:
+                        seen.train_run = mine[0]
+                except OSError:
+                    pass
+                if seen.unauthorized is None:
+                    try:
+                        urllib.request.urlopen(url + TRAIN_RUNS_API, timeout=3)
+                        seen.unauthorized = 200
+                    except urllib.error.HTTPError as error:
+                        seen.unauthorized = error.code
+                    except OSError:
+                        pass
+                if not seen.status_during:
+                    seen.status_during = deps_orch("status", "--root", str(seen.root)).stdout
+                    seen.dashboard_during = deps_orch("dashboard", RUN, "--root", str(seen.root)).stdout
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    seen.returncode, seen.output, seen.seconds = process.returncode, output, time.time() - started
+    return seen
+
+
+def test_the_run_succeeds(watched):
+    assert watched.returncode == 0, watched.output
+    assert _state(watched.run_dir) == "SUCCEEDED"
+
+
+def test_our_metrics_reach_the_metrics_endpoint_tagged_by_run_and_method(watched):
+    samples = watched.metrics
+    assert samples, "no scrape of the metrics endpoint held our gauges while the run trained"
+
+    def value(name: str) -> float:
+        (labels, number), *rest = _ours(samples, name)
+        assert not rest and labels["method"] == "deps", (name, labels)
+        return number
+
+    assert 1 <= value("ray_deps_orch_epoch") <= 4 and value("ray_deps_orch_epochs_total") == 4
+    assert 0.0 <= value("ray_deps_orch_epsilon") <= 1.0
+    assert 0 < value("ray_deps_orch_images_per_second") < 100_000
+    assert value("ray_deps_orch_budget_dollars") == 10.0
+    spent, hours, forecast = (
+        value("ray_deps_orch_dollars"),
+        value("ray_deps_orch_device_hours"),
+        value("ray_deps_orch_forecast_dollars"),
+    )
+    ledger = pq.read_table(watched.run_dir / "epochs.parquet").to_pylist()
+    assert 0 < spent <= sum(r["dollars"] for r in ledger) + 1e-9  # what was spent when scraped
+    assert 0 < hours <= sum(r["device_hours"] for r in ledger) + 1e-9
+    assert spent < forecast < 10 * spent * 4  # the forecast total covers what was spent and the rest
+    assert value("ray_deps_orch_eta_seconds") >= 0
+    phases = {labels["phase"]: number for labels, number in _ours(samples, "ray_deps_orch_phase")}
+    assert set(phases) <= {"warmup", "shrinking"} and sum(phases.values()) == 1.0
+
+
+def test_the_dashboard_train_api_shows_the_run_and_its_workers_with_rays_token(watched):
+    assert watched.unauthorized == 401  # the dashboard API refuses requests without the token
+    run = watched.train_run
+    assert run is not None, "the Train state API never listed the run"
+    assert run["status"] in ("RUNNING", "FINISHED")
+    workers = run["attempts"][-1]["workers"]
+    assert sorted(w["world_rank"] for w in workers) == [0, 1]
+    assert run["run_settings"]["scaling_config"]["num_workers"] == 2
+
+
+def test_status_and_dashboard_while_it_runs(watched):
+    assert RUN in watched.status_during and "TRAINING" in watched.status_during, watched.status_during
+    assert re.search(r"\[[#.]{20}\]\s+\d+%", watched.status_during)
+    assert "up, Ray" in watched.dashboard_during and "Authorization: Bearer" in watched.dashboard_during
+    assert "ray get-auth-token" in watched.dashboard_during or "RAY_AUTH_TOKEN" in watched.dashboard_during
+    # submit shows the same progress lines in the terminal
+    assert re.search(rf"\[{RUN}\] TRAINING\s+epoch \d/4 \[[#.]{{20}}\]", watched.output), watched.output
+
+
+def test_dry_run_prints_the_plan_and_a_measured_forecast_and_writes_nothing(watched):
+    plan = watched.dry_run
+    assert plan["run"] == RUN and plan["budget"]["max_dollars"] == 10.0
+    forecast = plan["forecast"]
+    assert [(p["phase"], p["epochs"]) for p in forecast["phases"]] == [("warmup", 2), ("shrinking", 2)]
+    warmup, shrinking = forecast["phases"]
+    assert shrinking["subnets_per_step"] == 3.0 and shrinking["epoch_seconds"] > warmup["epoch_seconds"] > 0
+    total = forecast["training"]["device_hours"] + forecast["evaluation"]["device_hours"]
+    assert forecast["total"]["device_hours"] == pytest.approx(total, abs=2e-6)
+    assert forecast["evaluation"]["subnets"] == 4
+    assert not watched.dry_run_wrote
+
+
+def test_the_forecast_at_launch_is_within_25_percent_of_the_device_hours_spent(watched):
+    forecast = load_forecast(watched.run_dir)
+    assert forecast is not None
+    warmup, shrinking = forecast.phases
+    assert (warmup.phase, shrinking.phase) == ("warmup", "shrinking")
+    assert shrinking.epoch_seconds > 1.3 * warmup.epoch_seconds  # the phases differ, and the forecast sees it
+    epochs = pq.read_table(watched.run_dir / "epochs.parquet").to_pylist()
+    subnets = pq.read_table(watched.run_dir / "subnets.parquet").to_pylist()
+    actual = sum(r["device_hours"] for r in epochs) + sum(r["device_hours"] for r in subnets)
+    error = actual / forecast.total_device_hours - 1.0
+    by_phase = {
+        p.phase: (p.device_hours, sum(r["device_hours"] for r in epochs if r["phase"] == p.phase))
+        for p in forecast.phases
+    }
+    dry = watched.dry_run["forecast"]["total"]["device_hours"]
+    print(
+        f"\nforecast {forecast.total_device_hours:.5f} device-hours, actual {actual:.5f} ({100 * error:+.1f} %); "
+        f"the dry run's {dry:.5f} ({100 * (actual / dry - 1):+.1f} %); "
+        f"per phase (forecast, actual without set-up): {by_phase}; set-up {forecast.setup_seconds:.1f}s; "
+        f"measured in {forecast.measure_seconds:.1f}s; whole submit {watched.seconds:.0f}s"
+    )
+    assert abs(error) <= 0.25
+
+    report = deps_orch("cost-report", RUN, "--root", str(watched.root), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (row,) = json.loads(report.stdout)
+    assert row["forecast_device_hours"] == pytest.approx(forecast.total_device_hours)
+    assert row["forecast_error_pct"] == pytest.approx(100 * error, abs=1e-6)
+
+
+def test_logs_tell_the_runs_story(watched):
+    logs = deps_orch("logs", RUN, "--root", str(watched.root))
+    assert logs.returncode == 0, logs.stderr
+    text = logs.stdout
+    order = ["state FORECASTING", "forecast:", "state TRAINING", "epoch 4/4 shrinking", "state EVALUATING"]
+    positions = [text.find(marker) for marker in order]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), text
+    assert text.rstrip().endswith("state SUCCEEDED")

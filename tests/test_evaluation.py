@@ -1,0 +1,172 @@
+"""The evaluation stage on a real (tiny, briefly trained) supernet with real Ray actors.
+
+Static strategies write one row per subnet and never a second; the evolutionary
+search improves the frontier over its random start, and resumes where it stopped,
+breeding the same children.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from orchestrator.evaluation_job import EvaluatorPool, run_evaluation
+from orchestrator.plan import make_plan
+from orchestrator.reports.pareto import Point, mean_pareto_accuracy
+from orchestrator.spec_file import load_spec
+from orchestrator.storage.parquet_table import write_atomic
+from orchestrator.storage.run_store import RunStore
+from workers.data.datasets import train_dataset
+from workers.selection import FlopBuckets
+from workers.supernet.factory import build_space, build_supernet
+
+pytestmark = pytest.mark.ray
+
+
+def _spec(root, run: str, selection: dict):
+    path = root / f"{run}.yaml"
+    spec = {
+        "run": run,
+        "seed": 0,
+        "dataset": {"name": "digits", "resolution": 16, "batch_size": 64, "train_subset": 512, "test_subset": 200},
+        "space": {"width_mult": 0.35, "cifar_variant": True, "bn_momentum": 0.1},
+        "method": {"name": "deps", "epochs": 4},
+        "cluster": {"num_workers": 1},
+        "evaluation": {
+            "selection": selection,
+            "calibration_images": 128,
+            "calibration_batch_size": 64,
+            "workers": 2,
+        },
+        "storage": {"root": str(root / "runs")},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return load_spec(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A supernet trained for a few seconds the DepS way: the full model alone, then sandwich steps with in-place KD."""
+    root = tmp_path_factory.mktemp("trained")
+    spec = _spec(root, "train", "spread")
+    space = build_space(spec)
+    torch.manual_seed(0)
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)  # another test module may have changed it for the whole session
+    torch.set_num_threads(1)  # on a busy 2-core machine, 2 threads spin-wait on each other
+    net = build_supernet(spec, space, 10).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    loader = torch.utils.data.DataLoader(train_dataset(spec.dataset), batch_size=64, shuffle=True, drop_last=True)
+    rng = random.Random(0)
+    net.train()
+    for epoch in range(5):
+        for images, labels in loader:
+            images = images.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad()
+            net.set_active_subnet(space.largest())
+            teacher = net(images)
+            F.cross_entropy(teacher, labels).backward()
+            if epoch >= 3:
+                for config in (space.smallest(), space.sample(rng)):
+                    net.set_active_subnet(config)
+                    student = F.log_softmax(net(images), dim=1)
+                    F.kl_div(
+                        student, F.log_softmax(teacher.detach(), 1), reduction="batchmean", log_target=True
+                    ).backward()
+            optimizer.step()
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+    path = root / "state.pt"
+    torch.save({"model": net.state_dict(), "epoch": 4}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def _rows(plan):
+    return RunStore(plan.run_dir).subnets().to_pandas()
+
+
+def test_buckets_evaluated_in_parallel_once_and_resumed_after_a_crash(checkpoint, tmp_path, cluster):
+    plan = make_plan(_spec(tmp_path, "buckets", {"name": "buckets", "buckets": 3, "per_bucket": 2}))
+    written = []
+    assert run_evaluation(plan, checkpoint, on_rows=written.append) == 6
+    assert written[-1] == 6 and len(written) >= 2  # rows reached the store chunk by chunk
+    rows = _rows(plan)
+    buckets = FlopBuckets(*plan.mac_range, 3)
+    assert sorted(rows.macs.map(buckets.index).value_counts().to_dict().items()) == [(0, 2), (1, 2), (2, 2)]
+    assert (rows.selection == "buckets").all() and rows.search_round.isna().all() and (rows.checkpoint_epoch == 4).all()
+    assert (rows.calibration_images == 128).all() and (rows.test_images == 200).all()
+    assert rows.loc[rows.macs.idxmax(), "top1"] > 50.0  # trained: chance is 10 %
+
+    # Evaluating again adds nothing.
+    assert run_evaluation(plan, checkpoint) == 0
+    assert len(_rows(plan)) == 6
+    # A crash after two rows: the re-run evaluates exactly the four missing, and no subnet has two rows.
+    store = RunStore(plan.run_dir)
+    write_atomic(store.subnets_path, store.subnets().slice(0, 2))
+    assert run_evaluation(plan, checkpoint) == 4
+    again = _rows(plan)
+    assert len(again) == 6 and again.subnet_id.is_unique and set(again.subnet_id) == set(rows.subnet_id)
+
+
+def test_a_killed_evaluation_actor_is_restarted_and_fetches_its_data_again(checkpoint, tmp_path, cluster):
+    import ray
+
+    plan = make_plan(_spec(tmp_path, "restart", {"name": "random", "subnets": 4}))
+    pool = EvaluatorPool(plan, torch.load(checkpoint, weights_only=True), 4)
+    try:
+        assert len(pool.evaluate(plan.subnets[:2])) == 2
+        ray.kill(pool.actors[0], no_restart=False)  # as if its process died; Ray restarts it
+        again = pool.evaluate(plan.subnets)  # two of them a second time: their rows are replaced
+    finally:
+        pool.close()
+    assert len(again) == 6 and len(_rows(plan)) == 6 and _rows(plan).subnet_id.is_unique
+
+
+def test_evolution_improves_the_frontier_over_its_random_start_and_resumes_where_it_stopped(
+    checkpoint, tmp_path, cluster
+):
+    selection = {"name": "evolution", "initial": 16, "rounds": 3, "mutations": 8, "crossovers": 8, "parents": 8}
+    plan = make_plan(_spec(tmp_path, "evo", selection))
+    assert len(plan.subnets) == 18  # 16 random, the smallest and the largest
+    written = run_evaluation(plan, checkpoint)
+    rows = _rows(plan)
+    assert written == len(rows) == 18 + 3 * 16 and rows.subnet_id.is_unique
+    assert rows.search_round.value_counts().sort_index().to_dict() == {0: 18, 1: 16, 2: 16, 3: 16}
+
+    lo, hi = plan.mac_range
+    start = [Point(r.macs, r.top1) for r in rows[rows.search_round == 0].itertuples()]
+    every = [Point(r.macs, r.top1) for r in rows.itertuples()]
+    assert mean_pareto_accuracy(every, lo, hi) > mean_pareto_accuracy(start, lo, hi)
+
+    # Lose the last two rounds (a crash): the search breeds the same children again and evaluates only them.
+    store = RunStore(plan.run_dir)
+    table = store.subnets()
+    keep = [r is not None and r <= 1 for r in table.column("search_round").to_pylist()]
+    write_atomic(store.subnets_path, table.filter(keep))
+    assert run_evaluation(plan, checkpoint) == 32
+    resumed = _rows(plan)
+    assert sorted(resumed.subnet_id) == sorted(rows.subnet_id)
+    assert run_evaluation(plan, checkpoint) == 0
+    assert pq.read_metadata(store.subnets_path).num_rows == len(rows)

@@ -1,0 +1,177 @@
+"""The forecast without Ray: timing real steps in-process, and the arithmetic from timings to dollars."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import torch
+
+from orchestrator.forecast import (
+    EpochCostEstimator,
+    forecast_from_profile,
+    load_forecast,
+    outlook,
+    plan_fingerprint,
+    save_forecast,
+)
+from orchestrator.plan import make_plan
+from orchestrator.profile_job import profile_request
+from orchestrator.spec_file import load_spec
+from workers.profiling import EvalTiming, PhaseTiming, Profile, profile_worker
+
+
+def _plan(tiny_spec, **sections):
+    return make_plan(load_spec(tiny_spec("fc", **sections)))
+
+
+def _profile(warmup: float = 0.1, shrinking: float = 0.3, setup: float = 2.0, fixed: float = 0.05) -> Profile:
+    return Profile(
+        world=2,
+        setup_seconds=setup,
+        epoch_fixed_seconds=fixed,
+        steps_per_epoch=8,
+        phases=[
+            PhaseTiming("warmup", 0, [warmup, warmup * 1.1, warmup * 0.9], warmup * 3, 1.0),
+            PhaseTiming("shrinking", 2, [shrinking, shrinking, shrinking * 2], shrinking, 3.0),
+        ],
+        evaluations=[
+            EvalTiming("small", 1_000_000, 0.5, 128, 360, 360),
+            EvalTiming("large", 9_000_000, 1.3, 128, 360, 360),
+        ],
+    )
+
+
+def _row(epoch: int, phase: str, wall: float, overhead: float = 0.0, devices: int = 2, price: float = 0.05) -> dict:
+    hours = (wall + overhead) * devices / 3600
+    return {
+        "epoch": epoch,
+        "phase": phase,
+        "wall_seconds": wall,
+        "overhead_seconds": overhead,
+        "devices": devices,
+        "price_per_device_hour": price,
+        "device_hours": hours,
+        "dollars": hours * price,
+        "finished_at": datetime.now(timezone.utc),
+    }
+
+
+@pytest.fixture
+def torch_defaults():
+    """The process defaults a training worker starts with (other test modules may change them)."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+def test_profile_worker_times_real_steps_of_every_phase_and_evaluations(tiny_spec, torch_defaults):
+    plan = _plan(tiny_spec)
+    request = profile_request(plan, steps=2)
+    assert [p for p, _ in request.phases] == ["warmup", "shrinking"]
+    assert len(request.eval_subnets) == 2  # the smallest and the largest planned subnet
+    profile = profile_worker(request, rank=0, world=1, device=torch.device("cpu"))
+
+    warmup, shrinking = profile.phases
+    assert (warmup.phase, warmup.epoch, shrinking.phase, shrinking.epoch) == ("warmup", 0, "shrinking", 2)
+    assert len(warmup.step_seconds) == len(shrinking.step_seconds) == 2
+    assert warmup.subnets_per_step == 1.0 and shrinking.subnets_per_step == 3.0  # full model; sandwich of 3
+    # A shrinking step runs three subnets where a warmup step runs one.
+    assert shrinking.median_step_seconds > 1.3 * warmup.median_step_seconds
+    assert profile.setup_seconds > 0 and profile.epoch_fixed_seconds >= 0
+    assert profile.steps_per_epoch == 512 // 32  # one worker here
+    small, large = sorted(profile.evaluations, key=lambda e: e.macs)
+    assert small.macs < large.macs and small.seconds > 0 and large.seconds > 0
+    assert small.calibration_images == 128 and small.test_images_used == small.test_images == 360
+    assert Profile.from_dict(profile.to_dict()) == profile
+
+
+def test_forecast_arithmetic_per_phase_evaluation_and_total(tiny_spec):
+    plan = _plan(tiny_spec)
+    profile = _profile()
+    forecast = forecast_from_profile(plan, profile, measure_seconds=12.0)
+    steps, price = plan.steps_per_epoch, plan.training.price.per_device_hour
+    warmup, shrinking = forecast.phases
+    assert warmup.epochs == 2 and shrinking.epochs == 2 and forecast.epochs == 4
+    assert warmup.step_seconds == pytest.approx(0.1)  # the median of the timed steps
+    assert warmup.epoch_seconds == pytest.approx(steps * 0.1 + 0.05)
+    assert shrinking.epoch_seconds == pytest.approx(steps * 0.3 + 0.05)
+    assert warmup.device_hours == pytest.approx(2 * warmup.epoch_seconds * 2 / 3600)
+    assert shrinking.dollars == pytest.approx(shrinking.device_hours * price)
+    # The set-up is paid once (one stage); the first step's extra time is part of it.
+    assert forecast.setup_seconds == pytest.approx(2.0 + (0.3 - 0.1))
+    expected = forecast.setup_seconds + 2 * warmup.epoch_seconds + 2 * shrinking.epoch_seconds
+    assert forecast.training_seconds == pytest.approx(expected)
+    assert forecast.training_device_hours == pytest.approx(expected * 2 / 3600)
+    # Evaluation: a line through the two timed subnets' MACs, over the four planned subnets.
+    assert forecast.eval_subnets == 4
+    assert 4 * 0.5 <= forecast.eval_seconds <= 4 * 1.3
+    assert forecast.total_dollars == pytest.approx(forecast.training_dollars + forecast.eval_dollars)
+    assert forecast.total_device_hours == pytest.approx(forecast.training_device_hours + forecast.eval_device_hours)
+    summary = forecast.summary()
+    assert [p["phase"] for p in summary["phases"]] == ["warmup", "shrinking"]
+    assert summary["total"]["dollars"] == pytest.approx(forecast.total_dollars, abs=1e-6)
+
+
+def test_forecast_file_round_trips_and_its_fingerprint_ignores_the_budget(tiny_spec, tmp_path):
+    plan = _plan(tiny_spec)
+    forecast = forecast_from_profile(plan, _profile())
+    save_forecast(tmp_path, forecast)
+    assert load_forecast(tmp_path) == forecast
+    richer = make_plan(load_spec(tiny_spec("fc", budget={"max_dollars": 5.0})))
+    assert plan_fingerprint(richer) == plan_fingerprint(plan)
+    longer = make_plan(load_spec(tiny_spec("fc", method={"epochs": 6})))
+    assert plan_fingerprint(longer) != plan_fingerprint(plan)
+    (tmp_path / "forecast.json").write_text('{"run": "x"}')
+    assert load_forecast(tmp_path) is None  # an unreadable forecast is measured again, not trusted
+
+
+def test_estimator_prefers_measured_epochs_and_scales_the_forecast_of_phases_not_reached(tiny_spec):
+    plan = _plan(tiny_spec)
+    forecast = forecast_from_profile(plan, _profile())
+    planned_warmup = forecast.epoch_seconds("warmup")
+    planned_shrinking = forecast.epoch_seconds("shrinking")
+    fresh = EpochCostEstimator(forecast, [])
+    assert fresh.epoch_seconds("shrinking") == pytest.approx(planned_shrinking)
+    assert fresh.setup_seconds == pytest.approx(forecast.setup_seconds)
+
+    # Warmup ran 1.5x slower than forecast: shrinking, not reached yet, is expected 1.5x slower too.
+    rows = [_row(0, "warmup", 1.5 * planned_warmup, overhead=4.0), _row(1, "warmup", 1.5 * planned_warmup)]
+    slow = EpochCostEstimator(forecast, rows)
+    assert slow.ratio == pytest.approx(1.5)
+    assert slow.epoch_seconds("warmup") == pytest.approx(1.5 * planned_warmup)
+    assert slow.epoch_seconds("shrinking") == pytest.approx(1.5 * planned_shrinking)
+    assert slow.setup_seconds == pytest.approx(4.0)  # measured set-up beats the forecast's
+    # Cautious (for the budget): the slowest recent epoch of the phase, or the scaled forecast if larger.
+    rows.append(_row(2, "shrinking", 0.5 * planned_shrinking))
+    mixed = EpochCostEstimator(forecast, rows)
+    assert mixed.epoch_seconds("shrinking") == pytest.approx(0.5 * planned_shrinking)
+    assert mixed.epoch_seconds("shrinking", cautious=True) == pytest.approx(planned_shrinking * mixed.ratio)
+    assert mixed.cost(3600.0).device_hours == pytest.approx(forecast.devices)
+    # Without a forecast, the ledger alone.
+    assert EpochCostEstimator(None, rows).epoch_seconds("shrinking") == pytest.approx(0.5 * planned_shrinking)
+    assert EpochCostEstimator(None, []).epoch_seconds("warmup") is None
+
+
+def test_outlook_adds_the_rest_of_the_run_to_what_was_spent(tiny_spec):
+    plan = _plan(tiny_spec)
+    forecast = forecast_from_profile(plan, _profile())
+    phases = plan.phases
+    fresh = outlook(forecast, phases, [])
+    assert fresh.epochs_done == 0 and fresh.epochs_total == 4
+    assert fresh.spent.dollars == 0
+    assert fresh.total.device_hours == pytest.approx(forecast.total_device_hours)
+    assert fresh.remaining_seconds == pytest.approx(forecast.wall_seconds)
+
+    w = forecast.epoch_seconds("warmup")
+    rows = [_row(0, "warmup", w, overhead=forecast.setup_seconds), _row(1, "warmup", w)]
+    running = outlook(forecast, phases, rows, running=True)
+    assert running.epochs_done == 2
+    assert running.spent.device_hours == pytest.approx(sum(r["device_hours"] for r in rows))
+    assert running.total.device_hours == pytest.approx(forecast.total_device_hours)
+    # A run stopped here pays one more set-up when it resumes.
+    stopped = outlook(forecast, phases, rows, running=False)
+    extra = stopped.total.device_hours - running.total.device_hours
+    assert extra == pytest.approx(forecast.setup_seconds * forecast.devices / 3600)

@@ -1,0 +1,172 @@
+"""Every method end to end through `deps-orch submit` on a real local Ray cluster, as comparisons of several runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import deps_orch
+
+pytestmark = pytest.mark.ray
+
+TINY = {
+    "seed": 0,
+    "dataset": {"name": "digits", "resolution": 16, "batch_size": 32, "train_subset": 256},
+    "space": {"width_mult": 0.35, "cifar_variant": True, "bn_momentum": 0.1},
+    "optimizer": {"lr": 0.1, "lr_batch": 64},
+    "cluster": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1},
+    "evaluation": {"subnets": 0, "calibration_images": 64, "calibration_batch_size": 64, "workers": 1},
+    "forecast": {"measure": False},
+}
+
+
+def _write(tmp_path: Path, run: str, methods: list, **overrides) -> Path:
+    spec = {"run": run, **TINY, "methods": methods, "storage": {"root": str(tmp_path / "runs")}}
+    for key, value in overrides.items():
+        spec[key] = {**spec[key], **value}
+    path = tmp_path / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _ledger(run_dir: Path) -> pd.DataFrame:
+    return pq.read_table(run_dir / "epochs.parquet").to_pandas().sort_values("epoch").reset_index(drop=True)
+
+
+def _attempts(run_dir: Path) -> int:
+    return json.loads((run_dir / "attempts.json").read_text())["attempts"]
+
+
+def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_right_stage(tmp_path):
+    one = {"epochs": 1, "warmup_epochs": 0}
+    methods = [
+        {"name": "deps", "epochs": 2, "warmup_fraction": 0.5, "eps_ramp_epochs": 1, "subnets_per_step": 3},
+        {
+            "name": "ofa",
+            "teacher_epochs": 1,
+            "kernel": one,
+            "depth1": one,
+            "depth2": one,
+            "expand1": one,
+            "expand2": one,
+        },
+        {"name": "bignas", "epochs": 2, "subnets_per_step": 3},
+        {
+            "name": "compofa",
+            "teacher_epochs": 1,
+            "phase1": one,
+            "phase2": one,
+            "teacher_divergence": "alpha_divergence",
+        },
+    ]
+    spec = _write(tmp_path, "cmp", methods)
+    result = deps_orch("submit", str(spec), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "4 of 4 runs succeeded" in result.stdout
+    root = tmp_path / "runs"
+
+    expected = {
+        "deps": (["warmup", "shrinking"], [1.0, 3.0]),
+        "ofa": (["teacher", "kernel", "depth1", "depth2", "expand1", "expand2"], [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]),
+        "bignas": (["sandwich", "sandwich"], [3.0, 3.0]),
+        "compofa": (["teacher", "phase1", "phase2"], [1.0, 4.0, 4.0]),
+    }
+    for method, (phases, per_step) in expected.items():
+        run_dir = root / f"cmp-{method}"
+        ledger = _ledger(run_dir)
+        assert list(ledger.epoch) == list(range(len(phases)))  # one global epoch index across stages
+        assert list(ledger.phase) == phases and list(ledger.subnets_per_step) == per_step
+        assert (ledger.group == "cmp").all() and (ledger.method == method).all()
+        assert ledger.loss.notna().all() and (ledger.dollars > 0).all()
+        subnets = pq.read_table(run_dir / "subnets.parquet").to_pandas()
+        assert len(subnets) == 2 and (subnets.group == "cmp").all()
+        assert json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
+        stages = json.loads((run_dir / "stages.json").read_text())
+        assert len(stages) == (len(phases) if method in ("ofa", "compofa") else 1)
+        if method in ("ofa", "compofa"):
+            # Each stage is its own Ray Train job: its first epoch carries its own start-up.
+            assert (ledger.overhead_seconds > 0).all()
+            assert _attempts(run_dir) == len(phases)
+    # CompOFA evaluates subnets of its coupled space (kernel 7); the others' smallest has kernel 3.
+    compofa = pq.read_table(root / "cmp-compofa" / "subnets.parquet").to_pandas()
+    assert all(set(k for s in json.loads(c)["stages"] for k in s["kernels"]) == {7} for c in compofa.config)
+    deps_ledger = _ledger(root / "cmp-deps")
+    assert deps_ledger.epsilon[0] == 0.0 and deps_ledger.epsilon[1] > 0
+
+    report = deps_orch("cost-report", "cmp", "--root", str(root), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    rows = json.loads(report.stdout)
+    assert [r["method"] for r in rows] == ["deps", "ofa", "bignas", "compofa"]
+    assert all(r["group"] == "cmp" for r in rows)
+    for row in rows:
+        ledger = _ledger(root / row["run"])
+        assert row["epochs"] == len(ledger) and row["train_dollars"] == pytest.approx(ledger.dollars.sum())
+    table = deps_orch("cost-report", "cmp", "--root", str(root))
+    assert all(f"cmp-{m}" in table.stdout for m in expected) and "dev-min/epoch" in table.stdout
+
+    # Re-submitting: finished stages are not run again. With OFA's last stage not yet recorded as
+    # finished, only that stage's job starts again (resuming from its last checkpoint, no epoch redone).
+    ofa_dir = root / "cmp-ofa"
+    before = {m: _ledger(root / f"cmp-{m}") for m in expected}
+    attempts = {m: _attempts(root / f"cmp-{m}") for m in expected}
+    stages = json.loads((ofa_dir / "stages.json").read_text())
+    del stages["expand2"]
+    (ofa_dir / "stages.json").write_text(json.dumps(stages))
+    again = deps_orch("submit", str(spec), timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stage 6/6 expand2" in again.stdout and "stage 1/6" not in again.stdout
+    for method in expected:
+        pd.testing.assert_frame_equal(_ledger(root / f"cmp-{method}"), before[method])
+        assert len(pq.read_table(root / f"cmp-{method}" / "subnets.parquet")) == 2
+        assert _attempts(root / f"cmp-{method}") == attempts[method] + (1 if method == "ofa" else 0)
+    assert "expand2" in json.loads((ofa_dir / "stages.json").read_text())
+
+
+def test_rss_sampling_variants_and_selection_schemes_run_end_to_end(tmp_path):
+    variants = [
+        {"selection": "random"},
+        {"selection": "random", "sampling": "per_batch"},
+        {"selection": "random", "sampling": "per_batch", "subnets_per_step": 2},
+        {"selection": "smallest"},
+        {"selection": "middle"},
+        {"selection": "largest"},
+        {"selection": "max_then_min"},
+        {"selection": "min_then_max"},
+        {"selection": "alternating"},
+    ]
+    spec = _write(
+        tmp_path,
+        "rss",
+        [{"name": "rss", "epochs": 2, **v} for v in variants],
+        dataset={"train_subset": 128},
+        cluster={"num_workers": 1},
+    )
+    result = deps_orch("submit", str(spec), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "9 of 9 runs succeeded" in result.stdout
+    expected = {
+        "rss-random": (["random", "random"], 1.0),
+        "rss-random-per-batch": (["random", "random"], 1.0),
+        "rss-random-per-batch-x2": (["random", "random"], 2.0),
+        "rss-smallest": (["smallest", "smallest"], 1.0),
+        "rss-middle": (["middle", "middle"], 1.0),
+        "rss-largest": (["largest", "largest"], 1.0),
+        "rss-max-then-min": (["max", "min"], 1.0),
+        "rss-min-then-max": (["min", "max"], 1.0),
+        "rss-alternating": (["max", "min"], 1.0),
+    }
+    root = tmp_path / "runs"
+    for label, (phases, per_step) in expected.items():
+        run_dir = root / f"rss-{label}"
+        ledger = _ledger(run_dir)
+        assert list(ledger.phase) == phases and (ledger.subnets_per_step == per_step).all(), label
+        assert (ledger.group == "rss").all() and (ledger.method == "rss").all()
+        assert ledger.subnet_loss.isna().all() == (per_step == 1.0)
+        assert json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
+    report = deps_orch("cost-report", "rss", "--root", str(root), "--format", "json")
+    assert report.returncode == 0 and len(json.loads(report.stdout)) == 9

@@ -1,0 +1,59 @@
+"""The budget check: would the ledger plus the next piece of work pass `budget.max_dollars` or `max_device_hours`?
+
+The next epoch's cost is the cautious estimate of `EpochCostEstimator`: the
+slowest of the phase's last epochs, or the forecast scaled by how far the
+measured epochs strayed from it, whichever is larger; plus a set-up when the
+epoch starts a new training job. Evaluation is checked against its forecast
+before it starts. The same function decides for the workers (at each epoch end)
+and for the controller (before training and before evaluation), so the answer
+does not depend on who asks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger_spend, load_forecast
+
+if TYPE_CHECKING:
+    from orchestrator.spec import BudgetSpec
+
+
+def budget_verdict(budget: BudgetSpec, spent: Spend, coming: Spend, what: str) -> str | None:
+    """Why `coming` must not start (one line), or None if the budget allows it."""
+    if budget.max_dollars is not None and spent.dollars + coming.dollars > budget.max_dollars:
+        return (
+            f"budget: ${spent.dollars:.4f} spent + ${coming.dollars:.4f} forecast for {what} "
+            f"would pass budget.max_dollars ${budget.max_dollars:.4f}"
+        )
+    if budget.max_device_hours is not None and spent.device_hours + coming.device_hours > budget.max_device_hours:
+        return (
+            f"budget: {spent.device_hours:.4f} device-hours spent + {coming.device_hours:.4f} forecast for {what} "
+            f"would pass budget.max_device_hours {budget.max_device_hours:.4f}"
+        )
+    return None
+
+
+def check_epoch(budget: BudgetSpec, run_dir: Path, epoch: int, phase: str, new_job: bool) -> str | None:
+    """May epoch `epoch` (of `phase`) start? `new_job`: it starts a training job, which pays its set-up first."""
+    if not budget.limited:
+        return None
+    epochs, subnets, lost = ledger_rows(run_dir)
+    estimator = EpochCostEstimator(load_forecast(run_dir), epochs)
+    seconds = estimator.epoch_seconds(phase, cautious=True) or 0.0
+    if new_job:
+        seconds += estimator.setup_seconds
+    spent = ledger_spend(epochs, subnets, lost)
+    return budget_verdict(budget, spent, estimator.cost(seconds), f"epoch {epoch + 1} ({phase})")
+
+
+def check_evaluation(budget: BudgetSpec, run_dir: Path, subnets_left: int) -> str | None:
+    """May the evaluation of `subnets_left` subnets start?"""
+    forecast = load_forecast(run_dir)
+    if not budget.limited or forecast is None or subnets_left == 0 or forecast.eval_subnets == 0:
+        return None
+    seconds = forecast.eval_seconds * subnets_left / forecast.eval_subnets
+    hours = seconds * forecast.eval_devices / 3600.0
+    coming = Spend(hours, hours * forecast.eval_price_per_device_hour)
+    return budget_verdict(budget, ledger_spend(*ledger_rows(run_dir)), coming, f"evaluating {subnets_left} subnets")
