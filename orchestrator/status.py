@@ -142,8 +142,8 @@ def read_status(run_dir: Path, now: datetime | None = None) -> RunStatus:
     eta = look.remaining_seconds
     training_now = state is RunState.TRAINING and working and in_flight is not None
     if eta is not None and training_now and record is not None and record.started_at:
-        # The epoch in flight has run since the later of the last epoch's end and this submission's start.
-        since = datetime.fromisoformat(record.started_at)
+        # The epoch in flight has run since the later of the last epoch's end and the start of training.
+        since = datetime.fromisoformat(record.updated_at or record.started_at)
         if last.get("finished_at") is not None:
             since = max(since, last["finished_at"])
         current = EpochCostEstimator(forecast, epochs).epoch_seconds(phase or "") or 0.0
