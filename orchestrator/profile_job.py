@@ -1,17 +1,21 @@
-"""The forecast's measurement: a run's work timed on actors placed and sized like its training workers.
+"""The forecast's measurement: a run's work timed as a Ray Train job on the run's own workers.
 
-One Ray actor per training worker, with the training workers' resources, placed
-in one placement group packed as Ray Train packs its workers, joined into one
-process group (gloo on CPU, NCCL on GPU), so the timed steps include the gradient
-all-reduce and the contention of a full group. The timing itself is
-`workers/profiling.py`. Cheaper than a Ray Train run: no trainer, no storage.
+The job is the training job's twin (`orchestrator/training_job.py::torch_trainer`):
+the same worker group, process group (gloo on CPU, NCCL on GPU) and Ray Train
+control plane around it, so the timed steps pay what the training steps will pay,
+the gradient all-reduce and the contention of a full node included. The timing
+itself is `workers/profiling.py`; rank 0 hands its profile back as the job's
+checkpoint, which is deleted once read.
 """
 
 from __future__ import annotations
 
-import socket
+import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from orchestrator.forecast import (
     Forecast,
@@ -22,11 +26,12 @@ from orchestrator.forecast import (
     save_forecast,
 )
 from orchestrator.plan import Plan
+from orchestrator.storage.run_store import RunStore
 from workers.profiling import Profile, ProfileRequest
 from workers.supernet.factory import build_space
 from workers.supernet.profile import profile_subnet
 
-PLACEMENT_TIMEOUT_S = 120.0
+PROFILE_FILE = "profile.json"
 
 
 def profile_request(plan: Plan, steps: int) -> ProfileRequest:
@@ -45,83 +50,45 @@ def profile_request(plan: Plan, steps: int) -> ProfileRequest:
     )
 
 
-class _ProfileWorker:
-    """One training worker's stand-in, as a Ray actor."""
+def profile_loop_per_worker(config: dict) -> None:
+    """Every worker times the request; rank 0 reports its profile as the checkpoint."""
+    import ray.train
+    import ray.train.torch
 
-    def address(self) -> tuple[str, int]:
-        import ray
+    from workers.profiling import profile_worker
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
-
-    def run(self, request: ProfileRequest, rank: int, world: int, master: tuple[str, int], backend: str) -> dict:
-        from datetime import timedelta
-
-        import torch
-        import torch.distributed as dist
-
-        from workers.profiling import profile_worker
-
-        if world > 1:
-            dist.init_process_group(
-                backend,
-                init_method=f"tcp://{master[0]}:{master[1]}",
-                rank=rank,
-                world_size=world,
-                timeout=timedelta(minutes=10),
-            )
-        device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        try:
-            return profile_worker(request, rank, world, device).to_dict()
-        finally:
-            if world > 1:
-                dist.destroy_process_group()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    profile = profile_worker(config["request"], rank, world, ray.train.torch.get_device())
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            (Path(directory) / PROFILE_FILE).write_text(json.dumps(profile.to_dict()))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report({"world": world}, checkpoint=checkpoint)
 
 
-def measure_profile(plan: Plan, steps: int) -> Profile:
-    """Time the run's work on workers like its training workers (the Ray cluster must be up)."""
-    import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+def measure_profile(plan: Plan, steps: int, storage: Path) -> Profile:
+    """Time the run's work on its workers (the Ray cluster must be up); `storage` is emptied afterwards."""
+    from orchestrator.training_job import torch_trainer
 
-    cluster = plan.spec.cluster
-    bundle = {"CPU": float(cluster.cpus_per_worker)}
-    if cluster.uses_gpu:
-        bundle["GPU"] = float(cluster.gpus_per_worker)
-    group = placement_group([bundle] * cluster.num_workers, strategy="PACK")  # as Ray Train places its workers
-    actors = []
+    name = f"{plan.spec.run}.forecast-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = torch_trainer(
+        plan, profile_loop_per_worker, {"request": profile_request(plan, steps)}, name, storage, max_failures=0
+    )
     try:
-        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            raise RuntimeError(
-                f"forecast: the cluster cannot place {cluster.num_workers} workers of {bundle} "
-                f"within {PLACEMENT_TIMEOUT_S:.0f}s"
-            )
-        worker_cls = ray.remote(num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker)(_ProfileWorker)
-        actors = [
-            worker_cls.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
-            ).remote()
-            for i in range(cluster.num_workers)
-        ]
-        master = ray.get(actors[0].address.remote())
-        backend = "nccl" if cluster.uses_gpu else "gloo"
-        request = profile_request(plan, steps)
-        results = ray.get([a.run.remote(request, rank, len(actors), master, backend) for rank, a in enumerate(actors)])
-        return Profile.from_dict(results[0])
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError("forecast: the measuring job ended without its profile")
+        with result.checkpoint.as_directory() as directory:
+            return Profile.from_dict(json.loads((Path(directory) / PROFILE_FILE).read_text()))
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        remove_placement_group(group)
+        shutil.rmtree(storage / name, ignore_errors=True)
 
 
-def measure_forecast(plan: Plan, steps: int) -> Forecast:
+def measure_forecast(plan: Plan, steps: int, storage: Path) -> Forecast:
     started = time.time()
-    profile = measure_profile(plan, steps)
+    profile = measure_profile(plan, steps, storage)
     return forecast_from_profile(plan, profile, time.time() - started)
 
 
@@ -132,7 +99,7 @@ def ensure_forecast(plan: Plan, steps: int, echo: Callable[[str], None] = print)
         return recorded
     workers = plan.spec.cluster.num_workers
     echo(f"[{plan.spec.run}] measuring the forecast: {steps} steps of each phase on {workers} workers")
-    forecast = measure_forecast(plan, steps)
+    forecast = measure_forecast(plan, steps, RunStore(plan.run_dir).ray_storage)
     save_forecast(plan.run_dir, forecast)
     echo(f"[{plan.spec.run}] {describe_forecast(forecast)}")
     return forecast
@@ -152,7 +119,11 @@ def dry_run_forecasts(plans: list[Plan]) -> list[dict | str]:
     if backend not in DRY_RUN_BACKENDS:
         return [f"measured on the {backend} cluster's workers when the run is submitted"] * len(plans)
     measured: list[dict | str] = []
-    with backend_for(plans[0]):
-        for plan in plans:
-            measured.append(measure_forecast(plan, plan.spec.forecast.steps).summary())
+    storage = Path(tempfile.mkdtemp(prefix="deps-orch-forecast-"))
+    try:
+        with backend_for(plans[0]):
+            for plan in plans:
+                measured.append(measure_forecast(plan, plan.spec.forecast.steps, storage).summary())
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
     return measured

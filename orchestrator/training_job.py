@@ -29,13 +29,38 @@ def trainer_name(plan: Plan, index: int) -> str:
     return plan.spec.run if len(plan.stages) == 1 else f"{plan.spec.run}.{plan.stages[index].name}"
 
 
+def torch_trainer(
+    plan: Plan, loop: Callable[[dict], None], config: dict, name: str, storage_path: Path, max_failures: int
+) -> TorchTrainer:
+    """A TorchTrainer on the plan's workers: how every job of a run (training, the forecast) gets them."""
+    cluster = plan.spec.cluster
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.uses_gpu:
+        resources["GPU"] = cluster.gpus_per_worker
+    return TorchTrainer(
+        loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if cluster.uses_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cluster.num_workers, use_gpu=cluster.uses_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            # Our progress lines go to stdout once, not also through Train's logger.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        ),
+    )
+
+
 def build_trainer(
     plan: Plan, index: int = 0, init_checkpoint: Path | None = None, teacher_checkpoint: Path | None = None
 ) -> TorchTrainer:
-    spec, cluster = plan.spec, plan.spec.cluster
-    store = RunStore(plan.run_dir)
     job = TrainJobConfig(
-        spec=spec,
+        spec=plan.spec,
         run_dir=str(plan.run_dir),
         devices=plan.training.devices,
         device_type=plan.training.price.device_type,
@@ -44,25 +69,13 @@ def build_trainer(
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
     )
-    resources = {"CPU": cluster.cpus_per_worker}
-    if cluster.uses_gpu:
-        resources["GPU"] = cluster.gpus_per_worker
-    return TorchTrainer(
+    return torch_trainer(
+        plan,
         train_loop_per_worker,
-        train_loop_config={"job": job},
-        torch_config=TorchConfig(backend="nccl" if cluster.uses_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cluster.num_workers, use_gpu=cluster.uses_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=trainer_name(plan, index),
-            storage_path=str(store.ray_storage),
-            failure_config=FailureConfig(max_failures=cluster.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            logging_config=LoggingConfig(log_level="WARNING"),
-            # Our progress lines go to stdout once, not also through Train's logger.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-        ),
+        {"job": job},
+        trainer_name(plan, index),
+        RunStore(plan.run_dir).ray_storage,
+        plan.spec.cluster.max_failures,
     )
 
 

@@ -45,6 +45,39 @@ def local_cluster(plan: Plan) -> Iterator[None]:
     if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        yield
+        with _current_cluster_pointer(ray.get_runtime_context().gcs_address):
+            yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _current_cluster_pointer(gcs_address: str) -> Iterator[None]:
+    """Point Ray's "current cluster" file at this cluster while it runs, then put back what was there.
+
+    Ray Train's own actors (its state actor, its placement-group cleaner) find the
+    state API through that file, which only `ray start` writes. A file left behind
+    by an earlier `ray start` whose cluster is gone makes each of their calls wait
+    for a GCS that never answers: tens of seconds at the end of every training job.
+    """
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path) as file:
+            previous: str | None = file.read()
+    except OSError:
+        previous = None
+    with open(path, "w") as file:
+        file.write(gcs_address)
+    try:
+        yield
+    finally:
+        try:
+            if previous is None:
+                os.remove(path)
+            else:
+                with open(path, "w") as file:
+                    file.write(previous)
+        except OSError:
+            pass
