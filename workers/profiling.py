@@ -24,16 +24,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import Subset
 
-from workers.data.datasets import calibration_dataset, num_classes, test_dataset, to_tensors, train_dataset
+from workers.data.datasets import calibration_dataset, num_classes, test_dataset, to_tensors
 from workers.evaluation import SubnetEvaluator
 from workers.methods import TrainingMethod, build_method
 from workers.optim import build_optimizer
 from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
-from workers.training_loop import run_step, step_rng
+from workers.training_loop import distributed_train_loader, run_step, step_rng
 
 if TYPE_CHECKING:
     from orchestrator.spec import JobSpec
@@ -146,21 +146,8 @@ def profile_worker(request: ProfileRequest, rank: int, world: int, device: torch
     torch.set_num_threads(max(1, spec.cluster.cpus_per_worker))
     space = build_space(spec)
     method = build_method(spec.method, space, spec.seed)
-    data = train_dataset(spec.dataset)
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True)
-    loader = DataLoader(
-        data,
-        batch_size=spec.dataset.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=spec.dataset.loader_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader, sampler = distributed_train_loader(spec, rank, world, device)
     steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"dataset.batch_size {spec.dataset.batch_size} x {world} workers exceeds the {len(data)} training images"
-        )
     torch.manual_seed(spec.seed)
     classes = num_classes(spec.dataset)
     net = build_supernet(spec, space, classes)

@@ -155,6 +155,27 @@ def stage_schedule(
     )
 
 
+def distributed_train_loader(
+    spec: JobSpec, rank: int, world: int, device: torch.device
+) -> tuple[DataLoader, DistributedSampler]:
+    """This worker's shard of the training set, in full batches; a batch per worker must fit."""
+    data = train_dataset(spec.dataset)
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True)
+    loader = DataLoader(
+        data,
+        batch_size=spec.dataset.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=spec.dataset.loader_workers,
+        pin_memory=device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"dataset.batch_size {spec.dataset.batch_size} x {world} workers exceeds the {len(data)} training images"
+        )
+    return loader, sampler
+
+
 def _save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
     torch.save(
         {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
@@ -186,21 +207,8 @@ def train_loop_per_worker(config: dict) -> None:
     space = build_space(spec)
     method: TrainingMethod = build_method(spec.method, space, spec.seed)
     stage = method.stages()[job.stage]
-    data = train_dataset(spec.dataset)
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True)
-    loader = DataLoader(
-        data,
-        batch_size=spec.dataset.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=spec.dataset.loader_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader, sampler = distributed_train_loader(spec, rank, world, device)
     steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"dataset.batch_size {spec.dataset.batch_size} x {world} workers exceeds the {len(data)} training images"
-        )
 
     torch.manual_seed(spec.seed)
     classes = num_classes(spec.dataset)
