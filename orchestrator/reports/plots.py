@@ -116,21 +116,15 @@ def plot_costs(comparison: Comparison, path: Path) -> Path | None:
         # x: epochs completed, from (0, $0); the evaluation stage is the last half step.
         done = np.concatenate([[0], epochs + 1])
         total = np.concatenate([[0.0], t["dollars"].cumsum().to_numpy()])
-        cumulative.plot(done, total, "-", color=colour, linewidth=2, label=f"{_label(run)} training")
         evaluation = run.costs.get("eval_dollars") or 0.0
+        label = rf"{_label(run)}: \${total[-1] + evaluation:.3g}"  # \$: not mathtext
+        if evaluation > 0:
+            label += rf" (evaluation \${evaluation:.2g})"  # in the legend: end labels of close runs would overlap
+        cumulative.plot(done, total, "-", color=colour, linewidth=2, label=label)
         if evaluation > 0:
             end = done[-1] + 0.5
             cumulative.plot([done[-1], end], [total[-1], total[-1] + evaluation], ":", color=colour, linewidth=2)
             cumulative.plot([end], [total[-1] + evaluation], "s", color=colour)
-            cumulative.annotate(
-                f"+ eval ${evaluation:.3g}",
-                (end, total[-1] + evaluation),
-                textcoords="offset points",
-                xytext=(-4, 6),
-                ha="right",
-                fontsize=8,
-                color=colour,
-            )
     device = next((r.costs.get("device_type") for r, _ in tables if r.costs.get("device_type")), "device")
     per_epoch.set_title(f"Cost per epoch ({device})")
     per_epoch.set_xlabel("epoch")
@@ -139,7 +133,7 @@ def plot_costs(comparison: Comparison, path: Path) -> Path | None:
     cumulative.set_title("Cumulative dollars (evaluation: dotted, at the end)")
     cumulative.set_xlabel("epochs completed")
     cumulative.set_ylabel("dollars")
-    cumulative.set_ylim(bottom=0)
+    cumulative.set_ylim(0, 1.5 * cumulative.get_ylim()[1])  # room for the legend above the lines' ends
     for ax in (per_epoch, cumulative):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
