@@ -56,7 +56,9 @@ def profile_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from workers.profiling import profile_worker
+    from workers.training_loop import quiet_ray_train_logs
 
+    quiet_ray_train_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     profile = profile_worker(config["request"], rank, world, ray.train.torch.get_device())

@@ -155,6 +155,19 @@ def stage_schedule(
     )
 
 
+def quiet_ray_train_logs() -> None:
+    """One progress line per epoch is ours; Ray Train's per-report INFO lines are noise in a terminal.
+
+    Its "Reporting training result" line is logged under its module's file path, not under "ray.train".
+    """
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def distributed_train_loader(
     spec: JobSpec, rank: int, world: int, device: torch.device
 ) -> tuple[DataLoader, DistributedSampler]:
@@ -196,7 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
     job: TrainJobConfig = config["job"]
     spec = job.spec
     started = time.time()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one progress line per epoch is ours
+    quiet_ray_train_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, spec.cluster.cpus_per_worker))
