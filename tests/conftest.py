@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,30 @@ def deps_orch(*args: str, cwd: Path | None = None, timeout: float = 600) -> subp
     return subprocess.run(
         [str(exe), *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
     )
+
+
+@contextmanager
+def one_thread_float32() -> Iterator[None]:
+    """Torch as a one-CPU training worker runs it, restored afterwards.
+
+    Tiny tensors: one thread is fastest, and two spin-wait on each other on a busy 2-core machine.
+    """
+    import torch
+
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    with one_thread_float32():
+        yield
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from orchestrator.reports.pareto import Point, mean_pareto_accuracy
 from orchestrator.spec_file import load_spec
 from orchestrator.storage.parquet_table import write_atomic
 from orchestrator.storage.run_store import RunStore
+from tests.conftest import one_thread_float32
 from workers.data.datasets import train_dataset
 from workers.selection import FlopBuckets
 from workers.supernet.factory import build_space, build_supernet
@@ -56,32 +57,28 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     spec = _spec(root, "train", "spread")
     space = build_space(spec)
-    torch.manual_seed(0)
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float32)  # another test module may have changed it for the whole session
-    torch.set_num_threads(1)  # on a busy 2-core machine, 2 threads spin-wait on each other
-    net = build_supernet(spec, space, 10).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    loader = torch.utils.data.DataLoader(train_dataset(spec.dataset), batch_size=64, shuffle=True, drop_last=True)
-    rng = random.Random(0)
-    net.train()
-    for epoch in range(5):
-        for images, labels in loader:
-            images = images.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad()
-            net.set_active_subnet(space.largest())
-            teacher = net(images)
-            F.cross_entropy(teacher, labels).backward()
-            if epoch >= 3:
-                for config in (space.smallest(), space.sample(rng)):
-                    net.set_active_subnet(config)
-                    student = F.log_softmax(net(images), dim=1)
-                    F.kl_div(
-                        student, F.log_softmax(teacher.detach(), 1), reduction="batchmean", log_target=True
-                    ).backward()
-            optimizer.step()
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+    with one_thread_float32():
+        torch.manual_seed(0)
+        net = build_supernet(spec, space, 10).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        loader = torch.utils.data.DataLoader(train_dataset(spec.dataset), batch_size=64, shuffle=True, drop_last=True)
+        rng = random.Random(0)
+        net.train()
+        for epoch in range(5):
+            for images, labels in loader:
+                images = images.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad()
+                net.set_active_subnet(space.largest())
+                teacher = net(images)
+                F.cross_entropy(teacher, labels).backward()
+                if epoch >= 3:
+                    for config in (space.smallest(), space.sample(rng)):
+                        net.set_active_subnet(config)
+                        student = F.log_softmax(net(images), dim=1)
+                        F.kl_div(
+                            student, F.log_softmax(teacher.detach(), 1), reduction="batchmean", log_target=True
+                        ).backward()
+                optimizer.step()
     path = root / "state.pt"
     torch.save({"model": net.state_dict(), "epoch": 4}, path)
     return path

@@ -22,13 +22,7 @@ SPACE = mobilenetv3_space(0.35, cifar=True, resolution=16)
 KERNEL_FIXED = mobilenetv3_space(0.35, cifar=True, resolution=16, kernel_choices=(7,))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and two spin against each other on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rng(i: int = 0) -> random.Random:

@@ -11,13 +11,7 @@ from workers.supernet.profile import profile_subnet
 from workers.supernet.space import StageConfig, SubnetConfig, mobilenetv3_space, proxyless_space
 from workers.supernet.supernet import ElasticSupernet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_proxyless_layout_matches_the_paper_space():

@@ -10,6 +10,7 @@ from orchestrator.reports.compare import compare
 from orchestrator.reports.plots import write_plots
 from orchestrator.spec_file import load_spec
 from orchestrator.storage.run_store import RunStore
+from tests.conftest import one_thread_float32
 from tests.test_results_dataset import write_run
 from workers.diagnostics import (
     DiagnosticsConfig,
@@ -37,14 +38,10 @@ def test_class_correlation_by_hand():
 def tiny(tiny_spec):
     spec = load_spec(tiny_spec("diag"))  # DepS, 4 epochs: warmup 0-1, shrinking 2-3, 3 subnets per step
     method = build_method(spec.method, build_space(spec), spec.seed)
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float32)  # another test module may have changed it for the whole session
-    torch.set_num_threads(1)  # as a training worker with one CPU; two threads crawl on a busy 2-core machine
-    torch.manual_seed(0)
-    net = build_supernet(spec, build_space(spec), 10).to(memory_format=torch.channels_last)
-    yield spec, method, net
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+    with one_thread_float32():
+        torch.manual_seed(0)
+        net = build_supernet(spec, build_space(spec), 10).to(memory_format=torch.channels_last)
+        yield spec, method, net
 
 
 def test_default_epochs_are_the_ends_of_phases_and_bad_ones_are_named(tiny):
