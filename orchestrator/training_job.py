@@ -107,10 +107,12 @@ def run_stage(
 ) -> Path:
     """Train one stage (resuming from its last checkpoint if there is one); returns its final checkpoint file."""
     result = build_trainer(plan, index, init_checkpoint, teacher_checkpoint).fit()
+    stopped = read_stop(plan.run_dir)  # the workers stopped on purpose (a cancel request, the budget)
     if result.checkpoint is None:
+        if stopped is not None:
+            raise RunStopped(stopped)  # stopped within the stage's first epoch: no checkpoint of its own yet
         raise RuntimeError(f"stage {plan.stages[index].name} finished without a checkpoint")
     checkpoint = Path(result.checkpoint.path) / CHECKPOINT_FILE
-    stopped = read_stop(plan.run_dir)  # the workers stopped on purpose (a cancel request, the budget)
     if stopped is None or stopped.epoch == plan.stages[index].end_epoch - 1:
         _record_finished(plan, index, checkpoint)
     if stopped is not None:

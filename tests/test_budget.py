@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator.forecast import Spend, forecast_from_profile, load_forecast, save_forecast
+from orchestrator.forecast import Spend, forecast_from_profile, ledger_rows, ledger_spend, load_forecast, save_forecast
 from orchestrator.plan import make_plan
 from orchestrator.spec import BudgetSpec
 from orchestrator.spec_file import load_spec
@@ -70,7 +70,7 @@ def test_epoch_guard_stops_for_a_cancel_request_or_the_budget_but_not_after_the_
     plan = make_plan(spec)
     plan.run_dir.mkdir(parents=True)
     method = build_method(spec.method, build_space(spec), spec.seed)
-    guard = EpochGuard(spec, plan.run_dir, method, rank=0, device=torch.device("cpu"))
+    guard = EpochGuard(spec, plan.run_dir, method, 0, torch.device("cpu"), 16, 2, 0.04)
     assert guard.after_epoch(1, job_end=4) is False  # nothing to go by yet: no forecast, no epoch measured
     save_forecast(plan.run_dir, forecast_from_profile(plan, profile()))
     assert guard.after_epoch(3, job_end=4) is False  # the last epoch: the controller decides about evaluation
@@ -84,6 +84,34 @@ def test_epoch_guard_stops_for_a_cancel_request_or_the_budget_but_not_after_the_
     with pytest.raises(RunStopped) as stopped:
         raise_if_stopped(plan.run_dir)
     assert stopped.value.record == stop
+
+
+def test_with_a_budget_every_step_checks_that_the_epoch_in_flight_still_fits(tiny_spec):
+    budget_hours = 0.001  # 1.8 s on 2 devices
+    spec = load_spec(tiny_spec("stepped", budget={"max_device_hours": budget_hours}))
+    plan = make_plan(spec)
+    plan.run_dir.mkdir(parents=True)
+    method = build_method(spec.method, build_space(spec), spec.seed)
+    guard = EpochGuard(spec, plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
+    store = RunStore(plan.run_dir)
+    store.record_epoch(epoch_row(plan, 0, "warmup", 0.6))  # 0.6 s of the 1.8 on the ledger
+    started = time.time()
+    guard.begin_epoch(1, charged_from=started - 0.3)  # 0.3 s of set-up before this epoch
+    assert guard.before_step(0) is False  # 0.9 s spent, nothing known of a step yet
+    time.sleep(0.2)
+    assert guard.before_step(1) is False  # 1.1 s spent + a 0.2 s step + a 0.2 s tail
+    time.sleep(0.4)
+    assert guard.before_step(2) is True  # 1.5 s + the slowest step (0.4 s) + a tail would pass 1.8 s
+    assert guard.stopped_mid_epoch
+    stop = read_stop(plan.run_dir)
+    assert stop.state is RunState.BUDGET_EXHAUSTED and stop.epoch == 0  # epoch 1's checkpoint: the last kept
+    assert "step 3/8 of epoch 2 (warmup)" in stop.reason and "budget.max_device_hours 0.0010" in stop.reason
+    assert "epoch 2 is charged as lost work" in stop.reason
+
+    # Without a budget the steps are not watched at all.
+    free = EpochGuard(load_spec(tiny_spec("free")), plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
+    free.begin_epoch(1, charged_from=started - 3600)
+    assert free.before_step(0) is False and not free.stopped_mid_epoch
 
 
 def test_the_controller_checks_before_training_and_before_evaluation(tiny_spec):
@@ -154,7 +182,8 @@ def test_a_budget_stops_the_run_cleanly_a_larger_one_resumes_it_and_cancel_keeps
     assert state["state"] == "BUDGET_EXHAUSTED" and "budget.max_device_hours" in state["reason"]
     ledger = _ledger(run_dir)
     assert 1 <= len(ledger) <= 3, [r["epoch"] for r in ledger]
-    assert sum(r["device_hours"] for r in ledger) <= half
+    # The cap holds for everything charged: the epochs, and an epoch stopped midway if one ran over its estimate.
+    assert ledger_spend(*ledger_rows(run_dir)).device_hours <= half
     assert not (run_dir / "subnets.parquet").exists()  # no evaluation of a half-trained supernet
     status = deps_orch("status", "budgeted", "--root", root)
     assert "BUDGET_EXHAUSTED" in status.stdout and f"epoch {len(ledger)}/4" in status.stdout
@@ -196,3 +225,24 @@ def test_a_budget_stops_the_run_cleanly_a_larger_one_resumes_it_and_cancel_keeps
     log = (run_dir / "run.log").read_text()
     for line in ("measuring the forecast", "state BUDGET_EXHAUSTED", "state CANCELLED", "state SUCCEEDED"):
         assert line in log
+
+
+@pytest.mark.ray
+def test_a_budget_passed_in_the_middle_of_an_epoch_stops_it_there_and_charges_it_as_lost(tiny_spec, tmp_path):
+    # No forecast, so nothing to go by before training: the first step finds the set-up alone past the cap.
+    spec = tiny_spec("midway", method={"epochs": 2, "warmup_fraction": 0.5}, forecast={"measure": False})
+    run_dir = tmp_path / "runs" / "midway"
+    stopped = deps_orch("submit", str(spec), "--set", "budget.max_device_hours=1e-6")
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    state = _state(run_dir)
+    assert state["state"] == "BUDGET_EXHAUSTED" and "step 1/8 of epoch 1 (warmup)" in state["reason"], state
+    assert not (run_dir / "epochs.parquet").exists()
+    (lost,) = pq.read_table(run_dir / "lost.parquet").to_pylist()
+    assert lost["attempt"] == 0 and lost["epoch"] == 0 and lost["detected_by_attempt"] == 0
+    assert lost["lost_seconds"] > 0 and lost["device_hours"] > 1e-6  # the set-up paid before the stop
+
+    finished = deps_orch("submit", str(spec))
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert [r["epoch"] for r in _ledger(run_dir)] == [0, 1]
+    assert pq.read_table(run_dir / "lost.parquet").to_pylist() == [lost]  # charged once, kept
+    assert _state(run_dir)["state"] == "SUCCEEDED"

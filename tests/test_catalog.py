@@ -158,3 +158,18 @@ def test_cost_report_shows_lost_hours_apart_and_in_the_total(tmp_path):
     lost = RunStore(tmp_path).lost().to_pylist()[0]
     assert row["lost_device_hours"] == pytest.approx(lost["device_hours"]) and row["lost_device_hours"] > 0
     assert row["total_dollars"] == pytest.approx(row["train_dollars"] + row["eval_dollars"] + lost["dollars"])
+
+
+def test_an_attempt_stopped_mid_epoch_on_purpose_charges_the_epoch_at_once_and_only_once(tmp_path):
+    now = time.time()
+    log = _marker_log(tmp_path, 0, now - 30)
+    log.heartbeat(0)
+    log.epoch_done(0)
+    log.marker.last_epoch_end = now - 12  # epoch 0 ended 12 s ago; the budget stops epoch 1 now
+    log.abandon_epoch(1)
+    (row,) = RunStore(tmp_path).lost().to_pylist()
+    assert row["attempt"] == 0 and row["epoch"] == 1 and row["detected_by_attempt"] == 0
+    assert row["lost_seconds"] == pytest.approx(12.0, abs=0.5)
+    assert read_markers(tmp_path)[0].finished
+    _marker_log(tmp_path, 1, now)  # the resumed attempt finds nothing more to charge
+    assert len(RunStore(tmp_path).lost()) == 1

@@ -1,20 +1,30 @@
-"""The training loop's stop check at each epoch end: a cancel request, or a budget the next epoch would pass.
+"""The training loop's stop checks: at each epoch end, and before each step when the run has a budget.
 
-Rank 0 decides (it has just written the epoch's ledger row) and broadcasts the
-decision, so every rank stops after the same epoch, with its checkpoint reported.
+At an epoch end (after its checkpoint and ledger row) the run stops for a cancel
+request, or when the ledger plus the cautious estimate of the next epoch would
+pass the budget. That estimate is a forecast: an epoch can still run longer than
+any before it (a busy node, a slow file system). So with a budget, rank 0 also
+checks before every step that the ledger, the epoch so far and the next step
+with the epoch's checkpoint still fit; if not, the run stops at once and the
+epoch in flight is charged as lost work. The budget is then a cap, not a forecast.
+
+Rank 0 decides and broadcasts the decision, so every rank stops at the same point.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+from orchestrator.cost.pricing import price_usage
+from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger_spend, load_forecast
 from orchestrator.state import RunState
 from orchestrator.stopping import StopRecord, cancel_request, record_stop
-from workers.budget import check_epoch
+from workers.budget import budget_verdict, check_epoch
 
 if TYPE_CHECKING:
     from orchestrator.spec import JobSpec
@@ -22,11 +32,63 @@ if TYPE_CHECKING:
 
 
 class EpochGuard:
-    def __init__(self, spec: JobSpec, run_dir: Path, method: TrainingMethod, rank: int, device: torch.device) -> None:
+    """One training job's stop checks, on every rank."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        run_dir: Path,
+        method: TrainingMethod,
+        rank: int,
+        device: torch.device,
+        steps_per_epoch: int,
+        devices: int,
+        price_per_device_hour: float,
+    ) -> None:
         self.spec, self.run_dir, self.method, self.rank, self.device = spec, run_dir, method, rank, device
+        self.steps_per_epoch, self.devices, self.price = steps_per_epoch, devices, price_per_device_hour
+        self.stopped_mid_epoch = False
+        # Rank 0's view of the epoch in flight (only with a budget).
+        self._epoch, self._phase, self._charged_from = 0, "", 0.0
+        self._spent = Spend()
+        self._last_step_at: float | None = None
+        self._steps_end: float | None = None
+        self._step_seconds: dict[str, float] = {}  # the slowest step seen per phase in this job
+        self._tail_seconds: float | None = None  # the slowest all-reduce + checkpoint + ledger write seen
+        self._planned_step: float | None = None
+
+    def begin_epoch(self, epoch: int, charged_from: float) -> None:
+        """Epoch `epoch` starts; stopped midway, it is charged as lost work from `charged_from` (set-up included)."""
+        if not self.spec.budget.limited:
+            return
+        self._epoch, self._phase, self._charged_from = epoch, self.method.phase(epoch), charged_from
+        self._last_step_at = None
+        if self.rank == 0:
+            epochs, subnets, lost = ledger_rows(self.run_dir)
+            self._spent = ledger_spend(epochs, subnets, lost)
+            planned = EpochCostEstimator(load_forecast(self.run_dir), epochs).epoch_seconds(self._phase, cautious=True)
+            self._planned_step = planned / self.steps_per_epoch if planned else None
+
+    def before_step(self, step: int) -> bool:
+        """Whether to stop before `step` of the epoch in flight, losing it (the same answer on every rank)."""
+        if not self.spec.budget.limited:
+            return False
+        record = self._decide_step(step) if self.rank == 0 else None
+        if record is not None:
+            record_stop(self.run_dir, record)
+            print(f"[{self.spec.run}] stopping in epoch {self._epoch + 1}: {record.reason}", flush=True)
+        self.stopped_mid_epoch = self._broadcast(record is not None)
+        return self.stopped_mid_epoch
+
+    def steps_finished(self) -> None:
+        self._steps_end = time.time()
 
     def after_epoch(self, epoch: int, job_end: int) -> bool:
         """Whether to stop after `epoch` (the same answer on every rank). `job_end`: this training job's end epoch."""
+        if self._steps_end is not None:
+            tail = time.time() - self._steps_end
+            self._tail_seconds = max(self._tail_seconds or 0.0, tail)
+            self._steps_end = None
         record = self._decide(epoch, job_end) if self.rank == 0 else None
         if record is not None:
             record_stop(self.run_dir, record)
@@ -44,6 +106,28 @@ class EpochGuard:
             self.spec.budget, self.run_dir, following, self.method.phase(following), new_job=following >= job_end
         )
         return StopRecord(RunState.BUDGET_EXHAUSTED, verdict, epoch) if verdict is not None else None
+
+    def _decide_step(self, step: int) -> StopRecord | None:
+        now = time.time()
+        if self._last_step_at is not None:
+            seconds = now - self._last_step_at
+            self._step_seconds[self._phase] = max(self._step_seconds.get(self._phase, 0.0), seconds)
+        self._last_step_at = now
+        next_step = (
+            self._step_seconds.get(self._phase) or self._planned_step or max(self._step_seconds.values(), default=0.0)
+        )
+        tail = self._tail_seconds if self._tail_seconds is not None else next_step
+        in_flight = self._cost(now - self._charged_from)
+        what = f"step {step + 1}/{self.steps_per_epoch} of epoch {self._epoch + 1} ({self._phase}) and its checkpoint"
+        verdict = budget_verdict(self.spec.budget, self._spent + in_flight, self._cost(next_step + tail), what)
+        if verdict is None:
+            return None
+        reason = f"{verdict}; epoch {self._epoch + 1} is charged as lost work"
+        return StopRecord(RunState.BUDGET_EXHAUSTED, reason, self._epoch - 1)
+
+    def _cost(self, seconds: float) -> Spend:
+        usage = price_usage(seconds, self.devices, self.price)
+        return Spend(usage.device_hours, usage.dollars)
 
     def _broadcast(self, stop: bool) -> bool:
         if not (dist.is_available() and dist.is_initialized()):

@@ -277,14 +277,19 @@ def train_loop_per_worker(config: dict) -> None:
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
+    guard = EpochGuard(spec, run_dir, method, rank, device, steps_per_epoch, job.devices, job.price_per_device_hour)
     overhead = time.time() - started  # set-up and restore time, charged to this attempt's first epoch
+    charged_from = started  # what an epoch stopped midway is charged from (as lost work)
     for epoch in range(start_epoch, stage.end_epoch):
         epoch_start = time.time()
+        guard.begin_epoch(epoch, charged_from)
         sampler.set_epoch(epoch)
         model.train()
         loss_sum = sub_sum = sub_count = subnets = 0.0
         lr = base_lr
         for step, (images, labels) in enumerate(loader):
+            if guard.before_step(step):
+                break
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             lr = schedule.at((epoch - stage.first_epoch) * steps_per_epoch + step)
@@ -304,6 +309,11 @@ def train_loop_per_worker(config: dict) -> None:
             subnets += len(steps)
             if sub_loss is not None:
                 sub_sum, sub_count = sub_sum + sub_loss, sub_count + 1
+        if guard.stopped_mid_epoch:
+            if attempt_log is not None:
+                attempt_log.abandon_epoch(epoch)
+            break  # the budget: this run's last checkpoint is the previous epoch's
+        guard.steps_finished()
         scalars = method.scalars(epoch, steps_per_epoch - 1, steps_per_epoch)
         loss_sum, sub_sum, sub_count = _all_reduce_sum([loss_sum, sub_sum, sub_count])
         metrics = {
@@ -332,15 +342,16 @@ def train_loop_per_worker(config: dict) -> None:
                     subnets / steps_per_epoch,
                 )
                 print(_progress_line(spec.run, method.epochs, metrics, wall), flush=True)
-            stop = EpochGuard(spec, run_dir, method, rank, device).after_epoch(epoch, stage.end_epoch)
+            stop = guard.after_epoch(epoch, stage.end_epoch)
             ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
+            charged_from = time.time()
             if attempt_log is not None:
                 attempt_log.epoch_done(epoch)  # its checkpoint is stored: nothing up to here can be lost
         record_diagnostics(spec, store, method, net, epoch, steps_per_epoch, rank)  # rank 0, chosen epochs only
         overhead = 0.0
         if stop:
             break  # a cancel request, or the budget: this epoch's checkpoint is the run's last for now
-    if attempt_log is not None:
+    if attempt_log is not None and not guard.stopped_mid_epoch:
         attempt_log.finish()
 
 

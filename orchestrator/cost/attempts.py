@@ -5,7 +5,8 @@ a requeued Slurm job starts a new one) keeps `<run_dir>/attempts/<n>.json`: when
 it started, when its last epoch ended (that epoch's checkpoint and ledger row
 exist then), the epoch in flight, and a heartbeat written at most every
 HEARTBEAT_SECONDS while it trains. An attempt that reaches the end of its loop
-marks itself finished.
+marks itself finished; one the budget stops in the middle of an epoch charges
+that epoch as lost work itself, then marks itself finished.
 
 When the next attempt starts, the markers of earlier attempts that never
 finished tell what was paid for and lost: the time from an attempt's last
@@ -135,6 +136,12 @@ class AttemptLog:
         now = time.time()
         self.marker.epoch, self.marker.last_epoch_end, self.marker.heartbeat_at = epoch, now, now
         self._write()
+
+    def abandon_epoch(self, epoch: int) -> None:
+        """This attempt stops in the middle of `epoch` on purpose: charge the epoch so far as lost work now."""
+        self.marker.epoch, self.marker.heartbeat_at = epoch, time.time()
+        RunStore(self.run_dir).record_lost([self.marker.lost_row(self.marker.attempt)])
+        self.finish()
 
     def finish(self) -> None:
         self.marker.finished, self.marker.heartbeat_at = True, time.time()
