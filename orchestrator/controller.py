@@ -108,7 +108,8 @@ def _execute(plan: Plan, echo: Callable[[str], None], cluster: AbstractContextMa
     except RunStopped as stopped:
         record = stopped.record
         write_state(store.state_path, record.state, record.reason)
-        echo(f"[{plan.spec.run}] {record.state.value} after epoch {record.epoch + 1}: {record.reason}")
+        where = f"after epoch {record.epoch + 1}" if record.epoch >= 0 else "before any epoch was trained"
+        echo(f"[{plan.spec.run}] {record.state.value} {where}: {record.reason}")
         return RunOutcome(record.state, record.reason, None, 0)
     except KeyboardInterrupt:
         cancelled = cancel_request(plan.run_dir)

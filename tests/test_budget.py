@@ -236,6 +236,7 @@ def test_a_budget_passed_in_the_middle_of_an_epoch_stops_it_there_and_charges_it
     assert stopped.returncode == 3, stopped.stdout + stopped.stderr
     state = _state(run_dir)
     assert state["state"] == "BUDGET_EXHAUSTED" and "step 1/8 of epoch 1 (warmup)" in state["reason"], state
+    assert "BUDGET_EXHAUSTED before any epoch was trained" in stopped.stdout + stopped.stderr
     assert not (run_dir / "epochs.parquet").exists()
     (lost,) = pq.read_table(run_dir / "lost.parquet").to_pylist()
     assert lost["attempt"] == 0 and lost["epoch"] == 0 and lost["detected_by_attempt"] == 0
