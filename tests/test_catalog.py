@@ -15,7 +15,7 @@ from orchestrator.cost.attempts import AttemptLog, read_markers, record_lost_att
 from orchestrator.cost.catalog import TIERS, catalog_entry, load_catalog, lookup_price
 from orchestrator.errors import UserError
 from orchestrator.plan import make_plan
-from orchestrator.reports.cost_report import run_costs
+from orchestrator.reports.cost_report import resolve_run_dirs, run_costs
 from orchestrator.spec_file import load_spec
 from orchestrator.storage.run_store import RunStore
 
@@ -158,6 +158,9 @@ def test_cost_report_shows_lost_hours_apart_and_in_the_total(tmp_path):
     lost = RunStore(tmp_path).lost().to_pylist()[0]
     assert row["lost_device_hours"] == pytest.approx(lost["device_hours"]) and row["lost_device_hours"] > 0
     assert row["total_dollars"] == pytest.approx(row["train_dollars"] + row["eval_dollars"] + lost["dollars"])
+    # A run whose only spending is lost work (stopped before its first epoch) is still a run, named as such.
+    assert (row["run"], row["method"], row["device_type"], row["epochs"]) == ("r", "deps", "A40", 0)
+    assert resolve_run_dirs(str(tmp_path), tmp_path) == [tmp_path]
 
 
 def test_an_attempt_stopped_mid_epoch_on_purpose_charges_the_epoch_at_once_and_only_once(tmp_path):

@@ -42,7 +42,8 @@ COLUMNS = [
 
 
 def _has_results(run_dir: Path) -> bool:
-    return (run_dir / "epochs.parquet").exists() or (run_dir / "subnets.parquet").exists()
+    """Whether the run has spent anything: trained epochs, evaluated subnets, or work lost."""
+    return any((run_dir / name).exists() for name in ("epochs.parquet", "subnets.parquet", "lost.parquet"))
 
 
 def group_run_dirs(group: str, root: Path) -> list[Path]:
@@ -68,8 +69,8 @@ def resolve_run_dirs(name_or_path: str, root: Path) -> list[Path]:
     if grouped:
         return grouped
     raise UserError(
-        f"{name_or_path}: no run there (looked for epochs.parquet in {path} and {root / name_or_path}) "
-        f"and no comparison of that name under {root}"
+        f"{name_or_path}: no run there (no epochs, subnets or lost-work Parquet files in {path} or "
+        f"{root / name_or_path}) and no comparison of that name under {root}"
     )
 
 
@@ -83,15 +84,16 @@ def _sum(table, column: str) -> float:
 
 def run_costs(run_dir: Path) -> dict:
     store = RunStore(run_dir)
-    epochs, subnets = store.epochs(), store.subnets()
+    epochs, subnets, lost = store.epochs(), store.subnets(), store.lost()
     row: dict = {"run": run_dir.name, "group": None, "method": None, "device_type": None}
-    for table in (epochs, subnets):
+    for table in (lost, epochs, subnets):  # a run stopped before its first epoch has only lost work
         if len(table):
             row["method"] = table["method"][0].as_py()
             row["run"] = table["run"][0].as_py()
             row["group"] = table["group"][0].as_py()
-    if len(epochs):
-        row["device_type"] = epochs["device_type"][0].as_py()
+    for table in (lost, epochs):
+        if len(table):
+            row["device_type"] = table["device_type"][0].as_py()
     n = len(epochs)
     train_hours = _sum(epochs, "device_hours")
     row.update(
@@ -105,7 +107,6 @@ def run_costs(run_dir: Path) -> dict:
             "subnets": len(subnets),
         }
     )
-    lost = store.lost()
     row["lost_attempts"] = len(lost)
     row["lost_device_hours"] = _sum(lost, "device_hours")
     row["lost_dollars"] = _sum(lost, "dollars")
