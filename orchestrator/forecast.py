@@ -288,6 +288,12 @@ class Spend:
     def __add__(self, other: Spend) -> Spend:
         return Spend(self.device_hours + other.device_hours, self.dollars + other.dollars)
 
+    @classmethod
+    def of(cls, seconds: float, devices: int, price_per_device_hour: float) -> Spend:
+        """What holding `devices` for `seconds` of wall time costs."""
+        usage = price_usage(seconds, devices, price_per_device_hour)
+        return cls(usage.device_hours, usage.dollars)
+
 
 def ledger_spend(epoch_rows: Sequence[dict], subnet_rows: Sequence[dict] = (), lost_rows: Sequence[dict] = ()) -> Spend:
     """What the ledger says a run has spent: its epochs, its evaluated subnets, and work lost to failures."""
@@ -345,8 +351,7 @@ class EpochCostEstimator:
         return max(walls) if cautious else statistics.mean(walls)
 
     def cost(self, seconds: float) -> Spend:
-        usage = price_usage(seconds, self.devices, self.price)
-        return Spend(usage.device_hours, usage.dollars)
+        return Spend.of(seconds, self.devices, self.price)
 
 
 @dataclass(frozen=True)
@@ -396,8 +401,7 @@ def outlook(
     if forecast is not None and forecast.eval_subnets:
         left = max(0, forecast.eval_subnets - len(subnet_rows))
         per_subnet = forecast.eval_seconds / forecast.eval_subnets
-        eval_usage = price_usage(left * per_subnet, forecast.eval_devices, forecast.eval_price_per_device_hour)
-        remaining = remaining + Spend(eval_usage.device_hours, eval_usage.dollars)
+        remaining = remaining + Spend.of(left * per_subnet, forecast.eval_devices, forecast.eval_price_per_device_hour)
         eval_wall = left * per_subnet / max(1, min(forecast.eval_workers, left or 1))
     return Outlook(
         spent=ledger_spend(epoch_rows, subnet_rows, lost_rows),

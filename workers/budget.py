@@ -54,6 +54,5 @@ def check_evaluation(budget: BudgetSpec, run_dir: Path, subnets_left: int) -> st
     if not budget.limited or forecast is None or subnets_left == 0 or forecast.eval_subnets == 0:
         return None
     seconds = forecast.eval_seconds * subnets_left / forecast.eval_subnets
-    hours = seconds * forecast.eval_devices / 3600.0
-    coming = Spend(hours, hours * forecast.eval_price_per_device_hour)
+    coming = Spend.of(seconds, forecast.eval_devices, forecast.eval_price_per_device_hour)
     return budget_verdict(budget, ledger_spend(*ledger_rows(run_dir)), coming, f"evaluating {subnets_left} subnets")

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from orchestrator.cost.pricing import price_usage
 from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger_spend, load_forecast
 from orchestrator.state import RunState
 from orchestrator.stopping import StopRecord, cancel_request, record_stop
@@ -117,17 +116,14 @@ class EpochGuard:
             self._step_seconds.get(self._phase) or self._planned_step or max(self._step_seconds.values(), default=0.0)
         )
         tail = self._tail_seconds if self._tail_seconds is not None else next_step
-        in_flight = self._cost(now - self._charged_from)
+        in_flight = Spend.of(now - self._charged_from, self.devices, self.price)
+        coming = Spend.of(next_step + tail, self.devices, self.price)
         what = f"step {step + 1}/{self.steps_per_epoch} of epoch {self._epoch + 1} ({self._phase}) and its checkpoint"
-        verdict = budget_verdict(self.spec.budget, self._spent + in_flight, self._cost(next_step + tail), what)
+        verdict = budget_verdict(self.spec.budget, self._spent + in_flight, coming, what)
         if verdict is None:
             return None
         reason = f"{verdict}; epoch {self._epoch + 1} is charged as lost work"
         return StopRecord(RunState.BUDGET_EXHAUSTED, reason, self._epoch - 1)
-
-    def _cost(self, seconds: float) -> Spend:
-        usage = price_usage(seconds, self.devices, self.price)
-        return Spend(usage.device_hours, usage.dollars)
 
     def _broadcast(self, stop: bool) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
