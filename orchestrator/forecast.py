@@ -107,6 +107,12 @@ class Forecast:
     def wall_seconds(self) -> float:
         return self.training_seconds + self.eval_wall_seconds
 
+    @property
+    def first_step_seconds(self) -> float:
+        """The measured first step of a training job (DDP's first pass, kernels for new shapes); 0 if unknown."""
+        phases = self.profile.get("phases") or []
+        return max((p.get("first_step_seconds", 0.0) for p in phases), default=0.0)
+
     def phase_of(self, name: str) -> PhaseForecast | None:
         return next((p for p in self.phases if p.phase == name), None)
 

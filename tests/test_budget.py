@@ -31,6 +31,7 @@ from tests.test_status import epoch_row, profile
 from workers.budget import budget_verdict, check_epoch
 from workers.epoch_guard import EpochGuard
 from workers.methods import build_method
+from workers.profiling import PhaseTiming, Profile
 from workers.supernet.factory import build_space
 
 
@@ -56,7 +57,9 @@ def test_the_next_epoch_is_checked_with_the_ledger_and_the_forecast(tiny_spec):
     store.record_epoch(epoch_row(plan, 1, "warmup", w))
     spent = sum(r["device_hours"] for r in store.epochs().to_pylist())
     shrink_hours = s * plan.training.devices / 3600
-    just_enough = BudgetSpec(max_device_hours=spent + shrink_hours * 1.01)
+    # Room for the epoch and the step guard's margin on its last step (half of one of its 8 steps).
+    assert check_epoch(BudgetSpec(max_device_hours=spent + shrink_hours * 1.05), plan.run_dir, 2, "shrinking", False)
+    just_enough = BudgetSpec(max_device_hours=spent + shrink_hours * 1.07)
     assert check_epoch(just_enough, plan.run_dir, 2, "shrinking", new_job=False) is None
     # A resumed run pays its set-up too; the same budget no longer covers the epoch.
     assert check_epoch(just_enough, plan.run_dir, 2, "shrinking", new_job=True) is not None
@@ -99,9 +102,9 @@ def test_with_a_budget_every_step_checks_that_the_epoch_in_flight_still_fits(tin
     guard.begin_epoch(1, charged_from=started - 0.3)  # 0.3 s of set-up before this epoch
     assert guard.before_step(0) is False  # 0.9 s spent, nothing known of a step yet
     time.sleep(0.2)
-    assert guard.before_step(1) is False  # 1.1 s spent + a 0.2 s step + a 0.2 s tail
+    assert guard.before_step(1) is False  # 1.1 s spent + a 0.2 s step half again + a 0.2 s tail
     time.sleep(0.4)
-    assert guard.before_step(2) is True  # 1.5 s + the slowest step (0.4 s) + a tail would pass 1.8 s
+    assert guard.before_step(2) is True  # 1.5 s + the slowest step (0.4 s) half again + a tail would pass 1.8 s
     assert guard.stopped_mid_epoch
     stop = read_stop(plan.run_dir)
     assert stop.state is RunState.BUDGET_EXHAUSTED and stop.epoch == 0  # epoch 1's checkpoint: the last kept
@@ -112,6 +115,33 @@ def test_with_a_budget_every_step_checks_that_the_epoch_in_flight_still_fits(tin
     free = EpochGuard(load_spec(tiny_spec("free")), plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
     free.begin_epoch(1, charged_from=started - 3600)
     assert free.before_step(0) is False and not free.stopped_mid_epoch
+
+
+def test_a_step_reserves_half_again_the_slowest_step_and_a_job_its_measured_first_step(tiny_spec):
+    def guarded(name: str, budget_seconds: float) -> EpochGuard:
+        spec = load_spec(tiny_spec(name, budget={"max_device_hours": budget_seconds * 2 / 3600}))  # 2 devices
+        plan = make_plan(spec)
+        timings = [PhaseTiming("warmup", 0, [0.2] * 3, 1.5, 1.0), PhaseTiming("shrinking", 2, [0.5] * 3, 0.5, 3.0)]
+        slow_start = Profile(2, 2.0, 0.05, timings, [], 8)
+        save_forecast(plan.run_dir, forecast_from_profile(plan, slow_start))  # a 1.5 s first step, then 0.2 s
+        method = build_method(spec.method, build_space(spec), spec.seed)
+        return EpochGuard(spec, plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
+
+    # The first step of a job (DDP's first pass, new kernels) is reserved at the forecast's first step.
+    short = guarded("first-short", 3.0)
+    short.begin_epoch(0, charged_from=time.time() - 1.0)
+    assert short.before_step(0) is True  # 1 s of set-up + 1.5 s half again + a 0.05 s tail would pass 3 s
+    assert "step 1/8 of epoch 1 (warmup)" in read_stop(short.run_dir).reason
+
+    guard = guarded("first-room", 3.6)
+    guard.begin_epoch(0, charged_from=time.time() - 1.0)
+    assert guard.before_step(0) is False  # 3.3 s of 3.6
+    time.sleep(0.4)
+    assert guard.before_step(1) is False  # a 0.4 s step: 1.4 s + 0.6 + 0.05
+    # 3 s spent: the slowest step (0.4 s) and a tail would fit in 3.6 s, but not half a step more.
+    guard.begin_epoch(1, charged_from=time.time() - 3.0)
+    assert guard.before_step(0) is True
+    assert "step 1/8 of epoch 2 (warmup)" in read_stop(guard.run_dir).reason
 
 
 def test_the_controller_checks_before_training_and_before_evaluation(tiny_spec):

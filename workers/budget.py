@@ -3,7 +3,9 @@
 The next epoch's cost is the cautious estimate of `EpochCostEstimator`: the
 slowest of the phase's last epochs, or the forecast scaled by how far the
 measured epochs strayed from it, whichever is larger; plus a set-up when the
-epoch starts a new training job. Evaluation is checked against its forecast
+epoch starts a new training job, and half a step for the margin the step guard
+keeps (`workers/epoch_guard.py`), so an epoch that keeps to its estimate is not
+stopped at its last step. Evaluation is checked against its forecast
 before it starts. The same function decides for the workers (at each epoch end)
 and for the controller (before training and before evaluation), so the answer
 does not depend on who asks.
@@ -18,6 +20,11 @@ from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger
 
 if TYPE_CHECKING:
     from orchestrator.spec import BudgetSpec
+
+# The slowest step seen so far is not the slowest there will be: the subnets drawn change every
+# step (a sandwich step with a large random subnet costs up to twice one with a small one) and a
+# busy node stalls. So the step guard reserves half as much again as the slowest step seen.
+STEP_MARGIN = 1.5
 
 
 def budget_verdict(budget: BudgetSpec, spent: Spend, coming: Spend, what: str) -> str | None:
@@ -42,6 +49,9 @@ def check_epoch(budget: BudgetSpec, run_dir: Path, epoch: int, phase: str, new_j
     epochs, subnets, lost = ledger_rows(run_dir)
     estimator = EpochCostEstimator(load_forecast(run_dir), epochs)
     seconds = estimator.epoch_seconds(phase, cautious=True) or 0.0
+    steps = estimator.forecast.steps_per_epoch if estimator.forecast is not None else 0
+    if steps:
+        seconds += (STEP_MARGIN - 1) * seconds / steps
     if new_job:
         seconds += estimator.setup_seconds
     spent = ledger_spend(epochs, subnets, lost)

@@ -4,9 +4,10 @@ At an epoch end (after its checkpoint and ledger row) the run stops for a cancel
 request, or when the ledger plus the cautious estimate of the next epoch would
 pass the budget. That estimate is a forecast: an epoch can still run longer than
 any before it (a busy node, a slow file system). So with a budget, rank 0 also
-checks before every step that the ledger, the epoch so far and the next step
-with the epoch's checkpoint still fit; if not, the run stops at once and the
-epoch in flight is charged as lost work. The budget is then a cap, not a forecast.
+checks before every step that the ledger, the epoch so far and a reserve for the
+next step with the epoch's checkpoint still fit; if not, the run stops at once
+and the epoch in flight is charged as lost work. The budget is then a cap, not a
+forecast, as long as no step outruns its reserve (see `STEP_MARGIN`).
 
 Rank 0 decides and broadcasts the decision, so every rank stops at the same point.
 """
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger_spend, load_forecast
 from orchestrator.state import RunState
 from orchestrator.stopping import StopRecord, cancel_request, record_stop
-from workers.budget import budget_verdict, check_epoch
+from workers.budget import STEP_MARGIN, budget_verdict, check_epoch
 
 if TYPE_CHECKING:
     from orchestrator.spec import JobSpec
@@ -55,6 +56,8 @@ class EpochGuard:
         self._step_seconds: dict[str, float] = {}  # the slowest step seen per phase in this job
         self._tail_seconds: float | None = None  # the slowest all-reduce + checkpoint + ledger write seen
         self._planned_step: float | None = None
+        self._first_step: float | None = None  # the forecast's first step of a job, scaled as the epochs ran
+        self._planned_tail: float | None = None
 
     def begin_epoch(self, epoch: int, charged_from: float) -> None:
         """Epoch `epoch` starts; stopped midway, it is charged as lost work from `charged_from` (set-up included)."""
@@ -65,8 +68,13 @@ class EpochGuard:
         if self.rank == 0:
             epochs, subnets, lost = ledger_rows(self.run_dir)
             self._spent = ledger_spend(epochs, subnets, lost)
-            planned = EpochCostEstimator(load_forecast(self.run_dir), epochs).epoch_seconds(self._phase, cautious=True)
+            forecast = load_forecast(self.run_dir)
+            estimator = EpochCostEstimator(forecast, epochs)
+            planned = estimator.epoch_seconds(self._phase, cautious=True)
             self._planned_step = planned / self.steps_per_epoch if planned else None
+            if forecast is not None:
+                self._first_step = forecast.first_step_seconds * (estimator.ratio or 1.0)
+                self._planned_tail = forecast.epoch_fixed_seconds
 
     def before_step(self, step: int) -> bool:
         """Whether to stop before `step` of the epoch in flight, losing it (the same answer on every rank)."""
@@ -112,18 +120,24 @@ class EpochGuard:
             seconds = now - self._last_step_at
             self._step_seconds[self._phase] = max(self._step_seconds.get(self._phase, 0.0), seconds)
         self._last_step_at = now
-        next_step = (
-            self._step_seconds.get(self._phase) or self._planned_step or max(self._step_seconds.values(), default=0.0)
-        )
-        tail = self._tail_seconds if self._tail_seconds is not None else next_step
         in_flight = Spend.of(now - self._charged_from, self.devices, self.price)
-        coming = Spend.of(next_step + tail, self.devices, self.price)
+        coming = Spend.of(self._reserve(), self.devices, self.price)
         what = f"step {step + 1}/{self.steps_per_epoch} of epoch {self._epoch + 1} ({self._phase}) and its checkpoint"
         verdict = budget_verdict(self.spec.budget, self._spent + in_flight, coming, what)
         if verdict is None:
             return None
         reason = f"{verdict}; epoch {self._epoch + 1} is charged as lost work"
         return StopRecord(RunState.BUDGET_EXHAUSTED, reason, self._epoch - 1)
+
+    def _reserve(self) -> float:
+        """Seconds to keep for the next step and the epoch's tail (all-reduce, checkpoint, ledger row)."""
+        step = max(self._step_seconds.get(self._phase, 0.0), self._planned_step or 0.0) or max(
+            self._step_seconds.values(), default=0.0
+        )
+        if not self._step_seconds:  # the job's first step
+            step = max(step, self._first_step or 0.0)
+        tail = max(self._tail_seconds or 0.0, self._planned_tail or 0.0) or step
+        return STEP_MARGIN * step + tail
 
     def _broadcast(self, stop: bool) -> bool:
         if not (dist.is_available() and dist.is_initialized()):
