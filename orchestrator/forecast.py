@@ -109,7 +109,7 @@ class Forecast:
 
     @property
     def first_step_seconds(self) -> float:
-        """The measured first step of a training job (DDP's first pass, kernels for new shapes); 0 if unknown."""
+        """The slowest first step measured (a job's, or a phase's: DDP's first pass, new kernels); 0 if unknown."""
         phases = self.profile.get("phases") or []
         return max((p.get("first_step_seconds", 0.0) for p in phases), default=0.0)
 
