@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from pathlib import Path
-
-import yaml
 
 from orchestrator.errors import UserError
 from orchestrator.ray_env import prepare_ray_environment
@@ -43,10 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--detach", action="store_true", help="slurm and ray backends: return once the job is submitted"
     )
+    submit.add_argument(
+        "--verbose", action="store_true", help="show library warnings and Ray's log lines too (always in run.log)"
+    )
 
     report = commands.add_parser("cost-report", help="cost and accuracy per run (the DepS paper's Table 2)")
     report.add_argument(
-        "runs", nargs="+", help="run names (under --root), run directories, or comparison names (all their runs)"
+        "runs",
+        nargs="*",
+        help="run names (under --root), run directories, or comparison names (all their runs); default: every run",
     )
     report.add_argument("--root", type=Path, default=Path("runs"), help="storage root (default: ./runs)")
     report.add_argument("--format", choices=FORMATS, default="table")
@@ -62,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--heatmap-epochs", type=int, nargs="+", help="epochs of the class-correlation heatmaps")
 
     status = commands.add_parser("status", help="every run's state, progress, time, spend and forecast")
-    status.add_argument("run", nargs="?", help="one run (name under --root, or its directory), in detail")
+    status.add_argument(
+        "run", nargs="?", help="one run (name under --root, or its directory) in detail, or a comparison's runs"
+    )
     status.add_argument("--root", type=Path, default=Path("runs"), help="storage root (default: ./runs)")
     status.add_argument("--format", choices=FORMATS, default="table")
 
@@ -87,102 +91,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from orchestrator.plan import make_plan
-    from orchestrator.spec_file import load_spec
+    from orchestrator.submission import submit
 
-    spec = load_spec(args.spec, args.overrides)
-    plans = [make_plan(run_spec) for run_spec in spec.runs()]
-    if args.dry_run:
-        described = plans[0].describe() if spec.methods is None else _comparison(plans)
-        if not args.no_forecast and spec.forecast.measure:
-            from orchestrator.profile_job import dry_run_forecasts
-
-            forecasts = dry_run_forecasts(plans)
-            for run, forecast in zip([described] if spec.methods is None else described["runs"], forecasts):
-                run["forecast"] = forecast
-        print(yaml.safe_dump(described, sort_keys=False).rstrip())
-        return 0
-    from orchestrator.backends.launch import launch, runs_elsewhere
-
-    if runs_elsewhere(spec) and not getattr(args, "inside_cluster", False):
-        return launch(spec, plans, args.spec, args.detach)  # to Slurm or a Ray cluster, and follow it there
-    if spec.methods is not None:
-        return _submit_comparison(args, plans)
-    (plan,) = plans
-    from orchestrator.controller import RunFailed, execute
-    from orchestrator.reports.cost_report import COLUMNS, run_costs
-
-    started = time.time()
-    try:
-        outcome = execute(plan)
-    except RunFailed as error:
-        print(f"deps-orch: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        how = "cancelled" if _state_of(plan.run_dir) == "CANCELLED" else "interrupted"
-        print(
-            f"deps-orch: {how}; submit {args.spec} again to resume {spec.run} from its last checkpoint",
-            file=sys.stderr,
-        )
-        return 130
-    if outcome.state.value != "SUCCEEDED":
-        print(
-            f"[{spec.run}] {outcome.state.value} in {time.time() - started:.1f}s: {outcome.reason}; "
-            f"submit {args.spec} again (with a larger budget) to resume from its last checkpoint"
-        )
-        print(render(COLUMNS, [run_costs(plan.run_dir)]))
-        return STOPPED_EXIT.get(outcome.state.value, 1)
-    print(
-        f"[{spec.run}] {outcome.state.value} in {time.time() - started:.1f}s; "
-        f"{outcome.subnets_written} subnets evaluated; results in {plan.run_dir}"
+    return submit(
+        args.spec,
+        args.overrides,
+        dry_run=args.dry_run,
+        no_forecast=args.no_forecast,
+        detach=args.detach,
+        verbose=args.verbose,
     )
-    print(render(COLUMNS, [run_costs(plan.run_dir)]))
-    return 0
-
-
-STOPPED_EXIT = {"BUDGET_EXHAUSTED": 3, "CANCELLED": 130}
-
-
-def _state_of(run_dir: Path) -> str | None:
-    from orchestrator.state import read_state
-
-    record = read_state(run_dir / "state.json")
-    return record.state.value if record is not None else None
-
-
-def _comparison(plans: list) -> dict:
-    return {"comparison": plans[0].spec.group, "runs": [plan.describe() for plan in plans]}
-
-
-def _submit_comparison(args: argparse.Namespace, plans: list) -> int:
-    """One run per method, one after another on one cluster, then their costs side by side."""
-    from orchestrator.controller import RunFailed, execute_comparison
-    from orchestrator.reports.cost_report import COLUMNS, run_costs
-
-    group = plans[0].spec.group
-    print(f"[{group}] comparing {', '.join(p.spec.run for p in plans)}")
-    started = time.time()
-    try:
-        outcomes = execute_comparison(plans)
-    except RunFailed as error:
-        print(f"deps-orch: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"deps-orch: interrupted; submit {args.spec} again to resume {group}: finished runs are kept, "
-            "the interrupted one resumes from its last checkpoint",
-            file=sys.stderr,
-        )
-        return 130
-    failed = [o for o in outcomes if isinstance(o, RunFailed)]
-    print(
-        f"[{group}] {len(outcomes) - len(failed)} of {len(outcomes)} runs succeeded in {time.time() - started:.1f}s; "
-        f"results in {plans[0].run_dir.parent}"
-    )
-    print(render(COLUMNS, [run_costs(p.run_dir) for p in plans if p.run_dir.exists()]))
-    for failure in failed:
-        print(f"deps-orch: error: {failure}", file=sys.stderr)
-    return 1 if failed else 0
 
 
 def _cost_report(args: argparse.Namespace) -> int:
@@ -222,10 +140,15 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from orchestrator.status import find_run_dir
-    from orchestrator.stopping import cancel_run
+    from orchestrator.backends import backend_class
+    from orchestrator.storage.discovery import find_run_dir
+    from workers.rundir.layout import RunDir
+    from workers.rundir.plan_record import PlanRecord
 
-    return cancel_run(find_run_dir(args.run, args.root), args.after_epoch, args.wait)
+    files = RunDir(find_run_dir(args.run, args.root))
+    plan = PlanRecord.read(files)
+    backend = backend_class(plan.backend if plan is not None else "local")
+    return backend.cancel(files, args.after_epoch, args.wait, print)
 
 
 def _dashboard(args: argparse.Namespace) -> int:

@@ -1,29 +1,31 @@
-"""The controller: runs a plan's stages in order on a backend and keeps the run's state.
+"""The controller: runs one plan's stages in order, on a cluster it is handed, and keeps the run's state.
 
-It knows nothing of any training method: the method travels inside the spec to
-the workers. Every stage can be re-run: training resumes from Ray Train's last
+It knows nothing of any training method (the method travels inside the spec to
+the workers) and nothing of any backend (the caller hands it the cluster to run
+on). Every stage can be re-run: training resumes from Ray Train's last
 checkpoint, evaluation skips subnets already written for that checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import threading
 import traceback
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.backends import backend_for
 from orchestrator.errors import UserError
 from orchestrator.evaluation_job import run_evaluation
 from orchestrator.plan import Plan
-from orchestrator.profile_job import ensure_forecast
+from orchestrator.profile_job import forecast_job
 from orchestrator.run_monitor import RunMonitor, logged
-from orchestrator.state import RunState, begin_submission, read_state, write_state
-from orchestrator.stopping import RunStopped, cancel_request, check_before_evaluation, check_before_training, clear_stop
-from orchestrator.storage.run_store import RunStore
 from orchestrator.training_job import run_training
+from workers.rundir.budget import check_epoch, check_evaluation
+from workers.rundir.forecast import Forecast, load_forecast
+from workers.rundir.state import RunState, begin_submission, read_state, write_state
+from workers.rundir.stops import RunStopped, StopRecord, cancel_request, clear_stop
+from workers.rundir.tables import RunStore
 
 
 @dataclass(frozen=True)
@@ -38,91 +40,114 @@ class RunFailed(Exception):
     """A stage failed; the message is one line, the traceback is in the run's controller.log."""
 
 
-def _announce(plan: Plan) -> None:
+def record_plan(plan: Plan) -> None:
+    files = plan.files.create()
+    files.write_json(files.plan, plan.describe())
+
+
+def announce(plan: Plan) -> None:
     """Write the run's plan and mark it PENDING (a finished run keeps its state until it runs again)."""
-    store = RunStore(plan.run_dir)
-    running = read_state(store.state_path)
+    running = read_state(plan.files)
     if running is not None and running.controller_alive():
         raise UserError(
             f"run {plan.spec.run} is already running (pid {running.pid} on {running.host}); "
             f"deps-orch cancel {plan.spec.run} stops it"
         )
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    store.plan_path.write_text(json.dumps(plan.describe(), indent=2))
-    if not store.state_path.exists():
-        write_state(store.state_path, RunState.PENDING)
+    record_plan(plan)
+    if not plan.files.state.exists():
+        write_state(plan.files, RunState.PENDING)
 
 
-def execute(plan: Plan, echo: Callable[[str], None] = print) -> RunOutcome:
-    _announce(plan)
-    return _execute(plan, echo, backend_for(plan))
+def _last_epoch(plan: Plan) -> int:
+    return max((r["epoch"] for r in RunStore(plan.files).epochs().select(["epoch"]).to_pylist()), default=-1)
 
 
-def execute_comparison(plans: list[Plan], echo: Callable[[str], None] = print) -> list[RunOutcome | RunFailed]:
-    """Run several plans (one per method of a comparison) one after another on one cluster.
-
-    A failed run does not stop the others; its RunFailed is returned in its place.
-    Ctrl-C or SIGTERM stops them all (the run in flight is left INTERRUPTED).
-    """
-    for plan in plans:
-        _announce(plan)
-    outcomes: list[RunOutcome | RunFailed] = []
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(backend_for(plans[0]))
-        except Exception as error:
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            raise RunFailed(f"comparison {plans[0].spec.group}: the cluster did not start: {first_line}") from None
-        for plan in plans:
-            try:
-                outcomes.append(_execute(plan, echo, nullcontext()))
-            except RunFailed as failure:
-                echo(str(failure))
-                outcomes.append(failure)
-    return outcomes
+def check_before_training(plan: Plan) -> None:
+    """Raise RunStopped if the budget cannot pay for the next epoch and the set-up of the job that trains it."""
+    done = {r["epoch"] for r in RunStore(plan.files).epochs().select(["epoch"]).to_pylist()}
+    coming = [(e, phase) for phase, first, last in plan.phases for e in range(first, last + 1) if e not in done]
+    if not coming:
+        return
+    epoch, phase = min(coming)
+    verdict = check_epoch(plan.spec.budget, plan.files, epoch, phase, new_job=True)
+    if verdict is not None:
+        raise RunStopped(StopRecord(RunState.BUDGET_EXHAUSTED, verdict, _last_epoch(plan)))
 
 
-def _execute(plan: Plan, echo: Callable[[str], None], cluster: AbstractContextManager) -> RunOutcome:
-    store = RunStore(plan.run_dir)
-    begin_submission(store.state_path)  # this process owns the run now; an old cancel or stop no longer applies
-    clear_stop(plan.run_dir)
-    echo = logged(plan.run_dir, echo)
+def check_before_evaluation(plan: Plan) -> None:
+    """Raise RunStopped if a cancel was requested, or the budget cannot pay for the evaluation still to do."""
+    reason = cancel_request(plan.files)
+    if reason is not None:
+        raise RunStopped(StopRecord(RunState.CANCELLED, f"{reason}, before evaluation", _last_epoch(plan)))
+    forecast = load_forecast(plan.files)
+    planned = forecast.eval_subnets if forecast is not None else len(plan.subnets)
+    left = max(0, planned - len(RunStore(plan.files).subnets()))
+    verdict = check_evaluation(plan.spec.budget, plan.files, left)
+    if verdict is not None:
+        raise RunStopped(StopRecord(RunState.BUDGET_EXHAUSTED, verdict, _last_epoch(plan)))
+
+
+def execute(plan: Plan, cluster: AbstractContextManager, echo: Callable[[str], None] = print) -> RunOutcome:
+    """Run the plan's stages on `cluster` (entered here); the run must have been announced."""
+    files = plan.files
+    begin_submission(files)  # this process owns the run now; an old cancel or stop no longer applies
+    clear_stop(files)
+    echo = logged(files, echo)
+    measure = forecast_job(plan) if plan.spec.forecast.measure else None
     state = RunState.PENDING
+    transition = threading.Lock()  # the monitor's thread ends FORECASTING; this one makes every other change
+
+    def forecast_measured(forecast: Forecast) -> None:
+        nonlocal state
+        echo(f"[{plan.spec.run}] {forecast.describe()}")
+        with transition:
+            if state is RunState.FORECASTING:
+                state = RunState.TRAINING
+                write_state(files, state)
+
+    def enter(new: RunState) -> None:
+        nonlocal state
+        with transition:
+            state = new
+            write_state(files, state)
+
     try:
-        with cluster, RunMonitor(plan, echo):
-            if plan.spec.forecast.measure:
-                state = RunState.FORECASTING
-                write_state(store.state_path, state)
-                ensure_forecast(plan, plan.spec.forecast.steps, echo)
-            check_before_training(plan)
-            state = RunState.TRAINING
-            write_state(store.state_path, state)
+        with cluster, RunMonitor(plan, echo, on_forecast=forecast_measured):
             alloc = plan.training
+            if measure is not None:
+                enter(RunState.FORECASTING)
+                workers = plan.spec.cluster.num_workers
+                echo(
+                    f"[{plan.spec.run}] measuring the forecast: {measure.request.steps} steps of each phase "
+                    f"on {workers} workers, in the training job"
+                )
+            else:
+                check_before_training(plan)
+                enter(RunState.TRAINING)
             echo(f"[{plan.spec.run}] training {plan.method} on {alloc.devices} {alloc.price.device_type}")
-            checkpoint = run_training(plan, echo)
+            checkpoint = run_training(plan, echo, measure)
             check_before_evaluation(plan)
-            state = RunState.EVALUATING
-            write_state(store.state_path, state)
+            enter(RunState.EVALUATING)
             echo(f"[{plan.spec.run}] evaluating {len(plan.subnets)} subnets, {plan.spec.evaluation.workers} workers")
             written = run_evaluation(plan, checkpoint)
     except RunStopped as stopped:
         record = stopped.record
-        write_state(store.state_path, record.state, record.reason)
+        write_state(files, record.state, record.reason)
         where = f"after epoch {record.epoch + 1}" if record.epoch >= 0 else "before any epoch was trained"
         echo(f"[{plan.spec.run}] {record.state.value} {where}: {record.reason}")
         return RunOutcome(record.state, record.reason, None, 0)
     except KeyboardInterrupt:
-        cancelled = cancel_request(plan.run_dir)
+        cancelled = cancel_request(files)
         if cancelled is not None:
-            write_state(store.state_path, RunState.CANCELLED, f"{cancelled}, while {state.value.lower()}")
+            write_state(files, RunState.CANCELLED, f"{cancelled}, while {state.value.lower()}")
         else:
-            write_state(store.state_path, RunState.INTERRUPTED, f"interrupted while {state.value.lower()}")
+            write_state(files, RunState.INTERRUPTED, f"interrupted while {state.value.lower()}")
         raise
     except Exception as error:
-        (plan.run_dir / "controller.log").write_text(traceback.format_exc())
+        files.controller_log.write_text(traceback.format_exc())
         first_line = (str(error).strip().splitlines() or [""])[0]
         reason = f"{state.value.lower()} failed: {type(error).__name__}: {first_line}"
-        write_state(store.state_path, RunState.FAILED, reason)
-        raise RunFailed(f"run {plan.spec.run}: {reason} (details in {plan.run_dir / 'controller.log'})") from None
-    write_state(store.state_path, RunState.SUCCEEDED)
+        write_state(files, RunState.FAILED, reason)
+        raise RunFailed(f"run {plan.spec.run}: {reason} (details in {files.controller_log})") from None
+    write_state(files, RunState.SUCCEEDED)
     return RunOutcome(RunState.SUCCEEDED, "", checkpoint, written)

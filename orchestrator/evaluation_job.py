@@ -24,15 +24,13 @@ import ray
 import torch
 from ray.util import ActorPool
 
-from orchestrator.cost.pricing import price_usage
 from orchestrator.plan import Plan
-from orchestrator.storage.run_store import RunStore
 from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
 from workers.evaluation import SubnetEvaluator
-from workers.methods import build_method
+from workers.rundir.pricing import Usage
+from workers.rundir.tables import RunStore
 from workers.search import EvolutionarySearch, Scored
 from workers.selection import EvolutionSelection
-from workers.supernet.factory import build_space
 from workers.supernet.space import SubnetConfig
 
 MAX_SUBNETS_PER_TASK = 32  # rows reach the store at least this often per worker
@@ -81,10 +79,10 @@ class EvaluatorPool:
         self.refs: list = []
         self.written = 0
 
-    def _start(self, work: int) -> None:
-        spec, ev = self.plan.spec, self.plan.spec.evaluation
-        calibration, _ = to_tensors(calibration_dataset(spec.dataset, ev.calibration_images))
-        test_images, test_labels = to_tensors(test_dataset(spec.dataset))
+    def _start(self, count: int) -> None:
+        work, ev = self.plan.work, self.plan.work.evaluation
+        calibration, _ = to_tensors(calibration_dataset(work.dataset, ev.calibration_images))
+        test_images, test_labels = to_tensors(test_dataset(work.dataset))
         self.refs = [ray.put(x) for x in (self.checkpoint["model"], calibration, test_images, test_labels)]
         # A dead actor is restarted and its unfinished task retried (fetching the objects again).
         actor_cls = ray.remote(
@@ -93,9 +91,8 @@ class EvaluatorPool:
             max_restarts=ev.max_restarts,
             max_task_retries=ev.max_restarts,
         )(_StoredEvaluator)
-        threads = ev.threads_per_worker or ev.cpus_per_worker
         num_classes = self.plan.dataset.num_classes
-        self.actors = [actor_cls.remote(spec, num_classes, threads) for _ in range(min(ev.workers, work))]
+        self.actors = [actor_cls.remote(work, num_classes, ev.threads) for _ in range(min(ev.workers, count))]
 
     def evaluate(self, configs: Sequence[SubnetConfig], search_round: int | None = None) -> list[dict]:
         """Evaluate `configs` (already filtered to what is missing); returns their rows as written."""
@@ -122,7 +119,7 @@ class EvaluatorPool:
 
     def _priced(self, row: dict, search_round: int | None) -> dict:
         plan, alloc = self.plan, self.plan.evaluation
-        usage = price_usage(row["eval_seconds"], alloc.devices, alloc.price.per_device_hour)
+        usage = Usage.of(row["eval_seconds"], alloc.devices, alloc.price.per_device_hour)
         return {
             **row,
             "run": plan.spec.run,
@@ -154,8 +151,7 @@ def run_search(plan: Plan, pool: EvaluatorPool, epoch: int, strategy: EvolutionS
     done = evaluated_rows(plan, epoch)
     pool.evaluate([c for c in plan.subnets if c.subnet_id not in done], search_round=0)
     # The space the trained supernet serves (for CompOFA the coupled one), as the plan picked the first subnets.
-    space = build_method(plan.spec.method, build_space(plan.spec), plan.spec.seed).search_space
-    search = EvolutionarySearch(space, strategy, plan.spec.seed)
+    search = EvolutionarySearch(plan.search_space, strategy, plan.spec.seed)
     for round_index in range(1, strategy.rounds + 1):
         done = evaluated_rows(plan, epoch)
         before = [r for r in done.values() if _round_of(r) < round_index]

@@ -3,11 +3,14 @@
 The controller publishes them (it is a Ray driver) from the run's status, so they
 are the figures `deps-orch status` shows. Ray exports them with its `ray_` prefix
 on every node's metrics port (`ray_deps_orch_epoch{run=...,method=...}` and so
-on), and Ray's dashboard charts them when Prometheus and Grafana are set up for
+on; each value a method reports with its epochs is a gauge of its own name, such as
+DepS's `ray_deps_orch_epsilon`), and Ray's dashboard charts them when Prometheus and Grafana are set up for
 it. They are gauges: Ray drops them shortly after the controller exits.
 """
 
 from __future__ import annotations
+
+import re
 
 from ray.util.metrics import Gauge
 
@@ -19,7 +22,6 @@ TAGS = ("run", "method")
 GAUGES = {
     "deps_orch_epoch": "epochs trained so far",
     "deps_orch_epochs_total": "epochs the run trains in all",
-    "deps_orch_epsilon": "DepS's epsilon (the students' gradient weight) at the last epoch's end",
     "deps_orch_images_per_second": "training images per second in the last epoch",
     "deps_orch_device_hours": "device-hours spent so far (training and evaluation)",
     "deps_orch_dollars": "dollars spent so far (training and evaluation)",
@@ -28,7 +30,8 @@ GAUGES = {
     "deps_orch_eta_seconds": "seconds until the run is done, by the forecast and the epochs so far",
     "deps_orch_budget_dollars": "the run's budget.max_dollars",
 }
-PHASE_GAUGE = "deps_orch_phase"  # 1 for the run's current phase, 0 for the phases it has left behind
+PHASE_GAUGE = "deps_orch_phase"
+SCALAR_NAME = re.compile(r"[^a-zA-Z0-9_]")  # 1 for the run's current phase, 0 for the phases it has left behind
 
 _gauges: dict[str, Gauge] = {}  # one per name and process: runs of a comparison share them, told apart by tags
 
@@ -48,7 +51,6 @@ class RunMetrics:
         values = {
             "deps_orch_epoch": status.epochs_done,
             "deps_orch_epochs_total": status.epochs_total,
-            "deps_orch_epsilon": status.epsilon,
             "deps_orch_images_per_second": status.images_per_second,
             "deps_orch_device_hours": status.spent.device_hours,
             "deps_orch_dollars": status.spent.dollars,
@@ -60,6 +62,9 @@ class RunMetrics:
         for name, value in values.items():
             if value is not None:
                 _gauge(name, GAUGES[name]).set(float(value), tags=self.tags)
+        for scalar, value in status.scalars.items():  # the method's own (DepS: deps_orch_epsilon)
+            name = f"deps_orch_{SCALAR_NAME.sub('_', scalar)}"
+            _gauge(name, f"the method's {scalar} at the last epoch's end").set(float(value), tags=self.tags)
         if status.phase and status.phase not in self.phases:
             self.phases.append(status.phase)
         phase = _gauge(PHASE_GAUGE, "1 for the run's current phase, 0 for earlier ones", (*TAGS, "phase"))

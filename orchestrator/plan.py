@@ -1,7 +1,13 @@
-"""From a validated spec to a plan: where the run lives, what it holds, what it costs per hour."""
+"""From a validated spec to a plan: where the run lives, what it holds, what it costs per hour.
+
+The plan knows no backend: where its Ray cluster comes from is the backend's
+business (`orchestrator/backends/`), and so is its part of the description.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,14 +15,17 @@ from pathlib import Path
 from orchestrator.cost.catalog import CPU, DevicePrice, lookup_price
 from orchestrator.errors import UserError
 from orchestrator.spec import JobSpec
-from orchestrator.storage.run_store import run_dir_for
 from workers.data.datasets import DatasetInfo, DatasetNotFound, describe
 from workers.diagnostics import check_epochs
-from workers.methods import Stage, build_method
+from workers.forecast_model import ForecastBasis
+from workers.job import WorkerSpec
+from workers.methods import Stage, TrainingMethod, build_method
+from workers.rundir.layout import RunDir, run_dir_for
+from workers.rundir.plan_record import PhaseSpan, PlanRecord
 from workers.selection import select_subnets
 from workers.supernet.factory import build_space
 from workers.supernet.profile import profile_subnet
-from workers.supernet.space import SubnetConfig
+from workers.supernet.space import SearchSpace, SubnetConfig
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,14 @@ class Allocation:
 @dataclass(frozen=True)
 class Plan:
     spec: JobSpec
+    work: WorkerSpec  # what the run's workers are handed
     run_dir: Path
     dataset: DatasetInfo
     training: Allocation
     evaluation: Allocation  # per evaluation worker
+    training_method: TrainingMethod  # built once; the controller asks it for stages, phases and its search space
     subnets: tuple[SubnetConfig, ...]
+    subnet_macs: tuple[int, ...]  # of `subnets`, in order
     phases: tuple[tuple[str, int, int], ...]  # (phase, first epoch, last epoch)
     stages: tuple[Stage, ...]  # the method's stages: one training job each, in order
     steps_per_epoch: int
@@ -48,7 +60,25 @@ class Plan:
 
     @property
     def method(self) -> str:
-        return self.spec.method.name
+        return self.training_method.name
+
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
+    def search_space(self) -> SearchSpace:
+        """The space the trained supernet serves (CompOFA: the coupled one), where evaluation picks subnets."""
+        return self.training_method.search_space
+
+    @property
+    def eval_subnets(self) -> int:
+        """How many subnets evaluation will take in all: the planned ones, or what a search may add to them."""
+        return int(self.selection.get("at_most", len(self.subnets)))
+
+    def record(self) -> PlanRecord:
+        """The plan as its run directory keeps it and its readers see it."""
+        return PlanRecord.from_dict(self.describe())
 
     def describe(self) -> dict:
         spec, cluster = self.spec, self.spec.cluster
@@ -57,7 +87,7 @@ class Plan:
             "run_dir": str(self.run_dir),
             "group": spec.group,
             "method": spec.method.model_dump(mode="json"),
-            "phases": [{"phase": p, "epochs": f"{a}-{b}"} for p, a, b in self.phases],
+            "phases": [PhaseSpan(p, a, b).to_dict() for p, a, b in self.phases],
             "stages": [stage.describe() for stage in self.stages],
             "dataset": {
                 "name": spec.dataset.name,
@@ -81,7 +111,6 @@ class Plan:
                 "collective_backend": "nccl" if cluster.uses_gpu else "gloo",
                 "global_batch": self.global_batch,
                 "steps_per_epoch": self.steps_per_epoch,
-                **_backend_plan(spec, self.training),
             },
             "cost": {
                 "device_type": self.training.price.device_type,
@@ -102,6 +131,43 @@ class Plan:
             },
             "budget": spec.budget.model_dump(mode="json"),
         }
+
+    def fingerprint(self) -> str:
+        """What drives a run's cost: its data, space, method, optimiser, hardware, prices and evaluation.
+
+        Not its budget or storage, so a resumed run with a larger budget keeps its forecast.
+        """
+        spec = self.spec
+        keys = {
+            "dataset": spec.dataset.model_dump(mode="json"),
+            "space": spec.space.model_dump(mode="json"),
+            "method": spec.method.model_dump(mode="json"),
+            "optimizer": spec.optimizer.model_dump(mode="json"),
+            "cluster": spec.cluster.model_dump(mode="json"),
+            "evaluation": spec.evaluation.model_dump(mode="json"),
+            "training_price": self.training.price.per_device_hour,
+            "evaluation_price": self.evaluation.price.per_device_hour,
+            "subnets": [c.subnet_id for c in self.subnets],
+        }
+        return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def forecast_basis(self) -> ForecastBasis:
+        return ForecastBasis(
+            run=self.spec.run,
+            method=self.method,
+            fingerprint=self.fingerprint(),
+            phases=self.phases,
+            steps_per_epoch=self.steps_per_epoch,
+            devices=self.training.devices,
+            device_type=self.training.price.device_type,
+            price_per_device_hour=self.training.price.per_device_hour,
+            training_jobs=len(self.stages),
+            eval_subnet_macs=self.subnet_macs,
+            eval_subnets=self.eval_subnets,
+            eval_workers=self.spec.evaluation.workers,
+            eval_devices=self.evaluation.devices,
+            eval_price_per_device_hour=self.evaluation.price.per_device_hour,
+        )
 
 
 def _allocation(spec: JobSpec, gpus: int, cpus: int, count: int) -> Allocation:
@@ -127,35 +193,7 @@ def _training_allocation(spec: JobSpec) -> Allocation:
     return _allocation(spec, cluster.gpus_per_worker, cluster.cpus_per_worker, cluster.num_workers)
 
 
-def _backend_plan(spec: JobSpec, training: Allocation) -> dict:
-    """Where the job runs: the Slurm allocation and its sbatch options, or the Ray cluster's address."""
-    cluster = spec.cluster
-    dashboard = "all interfaces (cluster.expose_dashboard)" if cluster.expose_dashboard else "127.0.0.1"
-    if cluster.slurm is not None:
-        from orchestrator.backends.sbatch import sbatch_options
-
-        slurm = cluster.slurm
-        return {
-            "slurm": {
-                "nodes": slurm.nodes,
-                "gpus_per_node": slurm.gpus_per_node,
-                "gpus": slurm.nodes * slurm.gpus_per_node,
-                "cpus_per_node": cluster.slurm_cpus_per_node,
-                "workers_per_node": cluster.slurm_workers_per_node,
-                "time_minutes": slurm.time_minutes,
-                "requeues_after_timeout": slurm.max_timeouts,
-                "dollars_per_hour": round(training.dollars_per_hour, 4),
-                "ray": f"head on the first node, workers on the others; dashboard on {dashboard}",
-                "sbatch": sbatch_options(spec),
-            }
-        }
-    if cluster.backend == "ray":
-        how = "in this process" if cluster.address == "auto" else "as a Ray job (Jobs API, token auth)"
-        return {"ray": {"address": cluster.address, "driver": how}}
-    return {}
-
-
-def _phases(method, epochs: int) -> tuple[tuple[str, int, int], ...]:
+def _phases(method: TrainingMethod, epochs: int) -> tuple[tuple[str, int, int], ...]:
     phases: list[list] = []
     for epoch in range(epochs):
         name = method.phase(epoch)
@@ -189,8 +227,9 @@ def make_plan(spec: JobSpec) -> Plan:
             f"dataset.batch_size: {spec.dataset.batch_size} x {cluster.num_workers} workers is more than "
             f"the {info.train_size} training images"
         )
+    work = spec.worker_spec()
     try:
-        method = build_method(spec.method, build_space(spec), spec.seed)
+        method = build_method(work.method, build_space(work), work.seed)
     except ValueError as error:
         raise UserError(f"method: {error}") from None
     space = method.search_space  # the space the trained supernet serves (CompOFA: the coupled one)
@@ -204,11 +243,14 @@ def make_plan(spec: JobSpec) -> Plan:
     ev = spec.evaluation
     return Plan(
         spec=spec,
+        work=work,
         run_dir=run_dir,
         dataset=info,
         training=_training_allocation(spec),
         evaluation=_allocation(spec, ev.gpus_per_worker, ev.cpus_per_worker, 1),
+        training_method=method,
         subnets=selection.subnets,
+        subnet_macs=tuple(profile_subnet(space, c, info.num_classes).macs for c in selection.subnets),
         selection=selection.details,
         phases=_phases(method, method.epochs),
         stages=method.stages(),

@@ -12,38 +12,32 @@ dashboard's Train view.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
+from orchestrator.metrics import RunMetrics
 from orchestrator.plan import Plan
-from orchestrator.state import LOG_FILE
-from orchestrator.status import CLUSTER_FILE, progress_line, read_status
-from orchestrator.storage.run_store import RunStore
+from orchestrator.status import progress_line, read_status
+from workers.rundir.forecast import Forecast, load_forecast
+from workers.rundir.layout import RunDir
+from workers.rundir.tables import RunStore
 
 POLL_SECONDS = 2.0
 
 
-def logged(run_dir: Path, echo: Callable[[str], None]) -> Callable[[str], None]:
+def logged(files: RunDir, echo: Callable[[str], None]) -> Callable[[str], None]:
     """`echo`, also appending each line, time-stamped, to the run's log."""
 
     def both(line: str) -> None:
         echo(line)
-        append_log(run_dir, line)
+        files.append_log(line)
 
     return both
 
 
-def append_log(run_dir: Path, line: str) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(run_dir / LOG_FILE, "a") as log:
-        log.write(f"{stamp} {line}\n")
-
-
-def record_cluster(run_dir: Path) -> dict:
+def record_cluster(files: RunDir) -> dict:
     """Where the connected Ray cluster's dashboard and metrics endpoints are; kept in `ray.json`."""
     import ray
     from ray._private.services import get_webui_url_from_internal_kv
@@ -60,27 +54,39 @@ def record_cluster(run_dir: Path) -> dict:
         "host": os.uname().nodename,
         "recorded_at": datetime.now(timezone.utc).isoformat(),
     }
-    tmp = run_dir / (CLUSTER_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, run_dir / CLUSTER_FILE)
+    files.write_json(files.cluster, info)
     return info
 
 
 def epoch_line(run: str, epochs: int, row: dict) -> str:
-    eps = f" eps {row['epsilon']:.4f}" if row.get("epsilon") is not None else ""
+    scalars = "".join(f" {name} {value:.4g}" for name, value in (row.get("scalars") or {}).items())
     sub = f" subnet loss {row['subnet_loss']:.3f}" if row.get("subnet_loss") is not None else ""
     return (
-        f"[{run}] epoch {row['epoch'] + 1}/{epochs} {row['phase']} loss {row['loss']:.3f}{sub} lr {row['lr']:.4f}{eps} "
+        f"[{run}] epoch {row['epoch'] + 1}/{epochs} {row['phase']} loss {row['loss']:.3f}{sub} lr {row['lr']:.4f}"
+        f"{scalars} "
         f"wall {row['wall_seconds']:.1f}s overhead {row['overhead_seconds']:.1f}s "
         f"{row['images_per_second']:.0f} img/s {row['device_hours']:.5f} device-hours ${row['dollars']:.5f}"
     )
 
 
 class RunMonitor:
-    def __init__(self, plan: Plan, echo: Callable[[str], None], poll_seconds: float = POLL_SECONDS) -> None:
-        """`echo` shows a line to the user and appends it to the run's log (see `logged`)."""
-        self.plan, self.echo, self.poll_seconds = plan, echo, poll_seconds
-        self.store = RunStore(plan.run_dir)
+    def __init__(
+        self,
+        plan: Plan,
+        echo: Callable[[str], None],
+        poll_seconds: float = POLL_SECONDS,
+        on_forecast: Callable[[Forecast], None] | None = None,
+    ) -> None:
+        """`echo` shows a line to the user and appends it to the run's log (see `logged`).
+
+        `on_forecast` is called once a forecast newer than the one the run had is recorded (measured by the
+        run's first training job).
+        """
+        self.plan, self.echo, self.poll_seconds, self.on_forecast = plan, echo, poll_seconds, on_forecast
+        self.files = plan.files
+        self.store = RunStore(self.files)
+        known = load_forecast(self.files)
+        self._forecast_seen = known.measured_at if known is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._shown: tuple | None = None
@@ -90,11 +96,9 @@ class RunMonitor:
     def __enter__(self) -> RunMonitor:
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # read when a trainer is built, in this driver
         try:
-            record_cluster(self.plan.run_dir)
+            record_cluster(self.files)
         except Exception as error:  # no dashboard (e.g. a minimal Ray install): the run goes on without the record
-            append_log(self.plan.run_dir, f"[{self.plan.spec.run}] no dashboard address: {error}")
-        from orchestrator.metrics import RunMetrics
-
+            self.files.append_log(f"[{self.plan.spec.run}] no dashboard address: {error}")
         self._metrics = RunMetrics(self.plan.spec.run, self.plan.method)
         self._logged_epochs = {(r["epoch"], r["finished_at"]) for r in self.store.epochs().to_pylist()}
         self._thread = threading.Thread(target=self._watch, name=f"monitor-{self.plan.spec.run}", daemon=True)
@@ -112,13 +116,18 @@ class RunMonitor:
             try:
                 self.tick()
             except Exception as error:  # a half-written file or a metrics hiccup must never stop the run
-                append_log(self.plan.run_dir, f"[{self.plan.spec.run}] monitor: {type(error).__name__}: {error}")
+                self.files.append_log(f"[{self.plan.spec.run}] monitor: {type(error).__name__}: {error}")
 
     def tick(self, show: bool = True) -> None:
+        forecast = load_forecast(self.files)
+        if forecast is not None and forecast.measured_at != self._forecast_seen:
+            self._forecast_seen = forecast.measured_at
+            if self.on_forecast is not None:
+                self.on_forecast(forecast)
         status = read_status(self.plan.run_dir)
-        rows = [r for r in self.store.epochs().to_pylist() if (r["epoch"], r["finished_at"]) not in self._logged_epochs]
-        for row in sorted(rows, key=lambda r: r["epoch"]):
-            append_log(self.plan.run_dir, epoch_line(status.run, status.epochs_total, row))
+        rows = [r for r in self.store.epoch_rows() if (r["epoch"], r["finished_at"]) not in self._logged_epochs]
+        for row in rows:
+            self.files.append_log(epoch_line(status.run, status.epochs_total, row))
             self._logged_epochs.add((row["epoch"], row["finished_at"]))
         key = (status.state, status.epochs_done, status.subnets_done)
         if show and key != self._shown:

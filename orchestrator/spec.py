@@ -1,4 +1,10 @@
-"""The job spec: YAML validated by pydantic models that reject unknown keys."""
+"""The job spec: YAML validated by pydantic models that reject unknown keys.
+
+The sections the workers read (dataset, space, method, optimizer, evaluation,
+budget) are defined beside the worker code that reads them and assembled here
+with the orchestrator's own (cluster, cost, storage, forecast); `worker_spec()`
+is what a run's workers are handed.
+"""
 
 from __future__ import annotations
 
@@ -6,79 +12,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from workers.diagnostics import DiagnosticsConfig
+from workers.data.spec import DatasetSpec
+from workers.evaluation_spec import EvaluationSpec
+from workers.job import WorkerSpec
 from workers.methods import AnyMethodConfig
-from workers.selection import AnySelection, SpreadSelection
+from workers.optim import OptimizerSpec
+from workers.rundir.budget import BudgetSpec
+from workers.sections import Section
+from workers.supernet.factory import SpaceSpec
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatasetSpec(Section):
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
-    root: Path | None = None
-    resolution: int = Field(32, ge=8, le=1024)
-    train_subset: int | None = Field(None, gt=0, description="use only the first N training images")
-    test_subset: int | None = Field(None, gt=0, description="use only the first N test images")
-    batch_size: int = Field(64, gt=0, description="images per worker per step")
-    loader_workers: int = Field(0, ge=0)
-    auto_augment: bool = False
-
-    @model_validator(mode="after")
-    def _root_given(self) -> DatasetSpec:
-        if self.name != "digits" and self.root is None:
-            raise ValueError(f"dataset {self.name!r} needs dataset.root")
-        return self
-
-
-class SpaceSpec(Section):
-    name: Literal["ofa_mobilenetv3", "ofa_proxyless"] = "ofa_mobilenetv3"
-    kernel_choices: tuple[Literal[3, 5, 7], ...] = (3, 5, 7)
-    expand_choices: tuple[float, ...] = (3, 4, 6)
-    depth_choices: tuple[Literal[1, 2, 3, 4], ...] = (2, 3, 4)
-    width_mult: float = Field(1.0, gt=0.0, le=4.0)
-    cifar_variant: bool = False
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    bn_momentum: float = Field(0.01, gt=0.0, le=1.0)
-    kernel_transforms: bool = Field(False, description="OFA's learned 7->5->3 kernel-transform matrices")
-
-    @field_validator("kernel_choices", "expand_choices", "depth_choices")
-    @classmethod
-    def _non_empty_unique(cls, value: tuple) -> tuple:
-        if not value:
-            raise ValueError("needs at least one choice")
-        if len(set(value)) != len(value):
-            raise ValueError(f"repeated choice in {list(value)}")
-        return tuple(sorted(value))
-
-    @field_validator("expand_choices")
-    @classmethod
-    def _positive_expand(cls, value: tuple) -> tuple:
-        if any(e <= 0 for e in value):
-            raise ValueError("expand ratios must be positive")
-        return value
-
-
-class OptimizerSpec(Section):
-    name: Literal["sgd", "rmsprop"] = "sgd"
-    lr: float = Field(0.1, gt=0.0, description="learning rate per `lr_batch` images; scaled to the global batch")
-    lr_batch: int = Field(128, gt=0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = Field(True, description="SGD only")
-    rmsprop_decay: float = Field(0.9, gt=0.0, lt=1.0, description="RMSProp's squared-gradient average (torch alpha)")
-    rmsprop_eps: float = Field(1e-3, gt=0.0, description="RMSProp's epsilon, added to the root (torch convention)")
-    weight_decay: float = Field(5e-4, ge=0.0)
-    no_decay_on_bn_and_bias: bool = True
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    lr_floor: float = Field(2.5e-3, ge=0.0, description="the cosine schedule never goes below this LR")
-    warmup_epochs: float = Field(0.0, ge=0.0, description="linear LR warmup at the start of the run")
-    grad_clip_norm: float | None = Field(None, gt=0.0)
 
 
 SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -255,34 +200,8 @@ class CostSpec(Section):
     catalog: Path | None = Field(None, description="a price catalog YAML replacing the shipped one")
 
 
-class EvaluationSpec(Section):
-    selection: AnySelection = SpreadSelection()
-    subnets: int = Field(6, ge=0, description="for selection spread: subnets besides the smallest and largest")
-    calibration_images: int = Field(2000, gt=0)
-    calibration_batch_size: int = Field(200, gt=0)
-    test_batch_size: int = Field(256, gt=0)
-    workers: int = Field(2, ge=1, description="parallel calibration/evaluation actors")
-    cpus_per_worker: int = Field(1, ge=1)
-    gpus_per_worker: int = Field(0, ge=0)
-    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per actor; default cpus_per_worker")
-    subnets_per_task: int | None = Field(None, ge=1, description="subnets per actor task; default: automatic")
-    max_restarts: int = Field(2, ge=0, description="restarts of a dead actor; its unfinished task is retried")
-    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
-
-
 class StorageSpec(Section):
     root: Path = Path("runs")
-
-
-class BudgetSpec(Section):
-    """Limits on a run's spend (training and evaluation); the run stops cleanly before it would pass them."""
-
-    max_dollars: float | None = Field(None, gt=0.0)
-    max_device_hours: float | None = Field(None, gt=0.0, description="GPU-hours, or vCPU-hours for CPU runs")
-
-    @property
-    def limited(self) -> bool:
-        return self.max_dollars is not None or self.max_device_hours is not None
 
 
 class ForecastSpec(Section):
@@ -346,6 +265,23 @@ class JobSpec(Section):
                     raise ValueError(f"methods[{i}]: run name {run!r} is too long or not a run name")
                 seen[run] = i
         return self
+
+    def worker_spec(self) -> WorkerSpec:
+        """What this run's workers read (a spec of one run: `runs()` splits a `methods:` spec first)."""
+        if self.method is None:
+            raise ValueError("a spec with methods: is several runs; worker_spec() takes one of runs()")
+        return WorkerSpec(
+            run=self.run,
+            group=self.group,
+            seed=self.seed,
+            dataset=self.dataset,
+            space=self.space,
+            method=self.method,
+            optimizer=self.optimizer,
+            evaluation=self.evaluation,
+            budget=self.budget,
+            threads=self.cluster.cpus_per_worker,
+        )
 
     def runs(self) -> list[JobSpec]:
         """One spec per run: itself, or one per entry of `methods`, named `<run>-<method>` and grouped."""

@@ -1,28 +1,29 @@
 """`deps-orch status`: what every run under a storage root is doing, from its files alone.
 
-A run's directory holds all of it: `state.json` (state, reason, controller, time),
-`plan.json` (method, phases, budget), `epochs.parquet` and `subnets.parquet` (the
-ledger), `forecast.json` (the forecast measured at launch) and `ray.json` (where its
-cluster's dashboard was). Nothing here talks to Ray, so status works on a login
+A run's directory holds all of it (`workers/rundir/`): its state (state, reason,
+controller, time), its plan (method, phases, budget), the ledger tables, the
+forecast measured at launch and where its cluster's dashboard was. Nothing here talks to Ray, so status works on a login
 node, after the cluster is gone, and on runs of any backend that share the storage.
 The same line `submit` prints while it runs comes from here.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator.errors import UserError
-from orchestrator.forecast import EpochCostEstimator, Forecast, Spend, ledger_rows, load_forecast, outlook
-from orchestrator.reports.table import Column
-from orchestrator.state import LOG_FILE, RunState, StateRecord, read_state
-from orchestrator.storage.run_store import RunStore
+from orchestrator.reports.table import Column, render
+from orchestrator.storage.discovery import discover_runs, find_run_dir, is_run_dir, runs_in_group
+from workers.rundir.estimator import EpochCostEstimator, ledger_rows, outlook
+from workers.rundir.forecast import Forecast, load_forecast
+from workers.rundir.layout import RunDir
+from workers.rundir.plan_record import PlanRecord
+from workers.rundir.pricing import Usage
+from workers.rundir.state import RunState, StateRecord, read_state
 
 BAR_WIDTH = 20
-CLUSTER_FILE = "ray.json"
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,14 @@ class RunStatus:
     epochs_done: int
     epochs_total: int
     phase: str | None  # of the epoch in flight while training, else of the last epoch trained
-    epsilon: float | None
+    scalars: dict[str, float]  # the method's own values at the last epoch's end (DepS: epsilon)
     images_per_second: float | None
     subnets_done: int
     subnets_total: int
     elapsed_seconds: float
     eta_seconds: float | None
-    spent: Spend
-    forecast_total: Spend | None  # spent + what the rest will take, by the forecast and the epochs so far
+    spent: Usage
+    forecast_total: Usage | None  # spent + what the rest will take, by the forecast and the epochs so far
     forecast_at_launch: Forecast | None
     budget: dict
     record: StateRecord | None
@@ -103,30 +104,17 @@ def clock(seconds: float | None) -> str | None:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _epoch_range(text: str) -> tuple[int, int]:
-    first, _, last = str(text).partition("-")
-    return int(first), int(last or first)
-
-
-def _plan(run_dir: Path) -> dict:
-    path = RunStore(run_dir).plan_path
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        return {}
-
-
 def read_status(run_dir: Path, now: datetime | None = None) -> RunStatus:
     now = now or datetime.now(timezone.utc)
-    store = RunStore(run_dir)
-    plan = _plan(run_dir)
-    record = read_state(store.state_path)
-    epochs, subnets, lost = ledger_rows(run_dir)
-    forecast = load_forecast(run_dir)
-    phases = [(p["phase"], *_epoch_range(p["epochs"])) for p in plan.get("phases", [])]
+    files = RunDir(run_dir)
+    plan = PlanRecord.read(files)
+    record = read_state(files)
+    epochs, subnets, lost = ledger_rows(files)
+    forecast = load_forecast(files)
+    phases = plan.phase_tuples() if plan is not None else []
     if not phases and forecast is not None:
         phases = [(p.phase, p.first_epoch, p.first_epoch + p.epochs - 1) for p in forecast.phases]
-    starts = [_epoch_range(s["epochs"])[0] for s in plan.get("stages", [])]
+    starts = list(plan.stage_starts) if plan is not None else []
 
     state = record.state if record is not None else None
     gone = record is not None and not record.state.is_terminal and record.controller_alive() is False
@@ -149,11 +137,11 @@ def read_status(run_dir: Path, now: datetime | None = None) -> RunStatus:
         current = EpochCostEstimator(forecast, epochs).epoch_seconds(phase or "") or 0.0
         eta = max(0.0, eta - min((now - since).total_seconds(), current))
 
-    method = plan.get("method", {}).get("name") if isinstance(plan.get("method"), dict) else plan.get("method")
-    eval_total = forecast.eval_subnets if forecast is not None else plan.get("evaluation", {}).get("subnets", 0)
+    method = plan.method if plan is not None else None
+    eval_total = forecast.eval_subnets if forecast is not None else (plan.eval_subnets if plan is not None else 0)
     has_estimate = forecast is not None or bool(epochs)
     return RunStatus(
-        run=plan.get("run", run_dir.name),
+        run=plan.run if plan is not None else run_dir.name,
         run_dir=run_dir,
         method=method or (last.get("method") if last else None),
         state=state,
@@ -162,7 +150,7 @@ def read_status(run_dir: Path, now: datetime | None = None) -> RunStatus:
         epochs_done=look.epochs_done,
         epochs_total=look.epochs_total,
         phase=phase,
-        epsilon=last.get("epsilon"),
+        scalars=last.get("scalars") or {},
         images_per_second=last.get("images_per_second"),
         subnets_done=len(subnets),
         subnets_total=int(eval_total or 0),
@@ -171,7 +159,7 @@ def read_status(run_dir: Path, now: datetime | None = None) -> RunStatus:
         spent=look.spent,
         forecast_total=look.total if has_estimate else None,
         forecast_at_launch=forecast,
-        budget=plan.get("budget") or {},
+        budget=plan.budget.model_dump() if plan is not None else {},
         record=record,
     )
 
@@ -184,8 +172,7 @@ def progress_line(status: RunStatus) -> str:
     ]
     if status.phase:
         parts.append(status.phase)
-    if status.epsilon is not None and status.epsilon > 0:
-        parts.append(f"eps {status.epsilon:.3f}")
+    parts += [f"{name} {value:.3g}" for name, value in status.scalars.items()]
     if status.images_per_second:
         parts.append(f"{status.images_per_second:.0f} img/s")
     if status.state is RunState.EVALUATING:
@@ -221,8 +208,7 @@ def detail(status: RunStatus) -> str:
         if limits:
             lines.append(f"  budget: {limits}")
     forecast = status.forecast_at_launch
-    store = RunStore(status.run_dir)
-    epochs = store.epochs().to_pylist()
+    epochs, _, _ = ledger_rows(status.run_dir)
     if forecast is not None:
         lines.append(
             f"  forecast at launch: {forecast.total_device_hours:.4f} device-hours, ${forecast.total_dollars:.4f}, "
@@ -243,51 +229,27 @@ def detail(status: RunStatus) -> str:
     if cluster.get("dashboard_url"):
         where = "live" if status.running else "as of the last submission; gone with a local cluster"
         lines.append(f"  dashboard: {cluster['dashboard_url']} ({where}); deps-orch dashboard {status.run}")
-    lines.append(f"  log: {status.run_dir / LOG_FILE}")
+    lines.append(f"  log: {RunDir(status.run_dir).log}")
     return "\n".join(lines)
 
 
 def read_cluster(run_dir: Path) -> dict:
-    path = run_dir / CLUSTER_FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        return {}
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "state.json").exists() or (path / "plan.json").exists()
-
-
-def find_run_dir(name_or_path: str, root: Path) -> Path:
-    """A run directory, or a run name under the storage root."""
-    path = Path(name_or_path)
-    for candidate in (path, root / name_or_path):
-        if candidate.is_dir() and is_run_dir(candidate):
-            return candidate
-    raise UserError(f"{name_or_path}: no run there (looked for state.json in {path} and {root / name_or_path})")
+    files = RunDir(run_dir)
+    data = files.read_json(files.cluster)
+    return data if isinstance(data, dict) else {}
 
 
 def run_dirs(root: Path) -> list[Path]:
     """Every run under the storage root, most recently updated first."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
-
-    def updated(path: Path) -> float:
-        return max((path / name).stat().st_mtime for name in ("state.json", "plan.json") if (path / name).exists())
-
-    return sorted(found, key=updated, reverse=True)
+    return [r.path for r in sorted(discover_runs(root), key=lambda r: r.updated_at, reverse=True)]
 
 
 def status_report(run: str | None, root: Path, fmt: str = "table") -> str:
-    """`deps-orch status [RUN]`: one run in detail, or every run under the root as a table."""
-    from orchestrator.reports.table import render
-
-    if run is not None:
+    """`deps-orch status [RUN | COMPARISON]`: one run in detail, a comparison's runs, or every run under the root."""
+    if run is not None and (is_run_dir(Path(run)) or is_run_dir(root / run) or not runs_in_group(root, run)):
         status = read_status(find_run_dir(run, root))
         return detail(status) if fmt == "table" else render(COLUMNS, [status.row()], fmt)
-    dirs = run_dirs(root)
+    dirs = runs_in_group(root, run) if run is not None else run_dirs(root)
     if not dirs:
         return f"no runs under {root}"
     return render(COLUMNS, [read_status(d).row() for d in dirs], fmt)
@@ -298,7 +260,8 @@ def show_log(run_dir: Path, follow: bool = False, lines: int | None = None, poll
     import sys
     import time
 
-    path = run_dir / LOG_FILE
+    files = RunDir(run_dir)
+    path = files.log
     if not path.exists() and not follow:
         raise UserError(f"{run_dir.name}: no log yet ({path})")
     offset = 0
@@ -308,8 +271,8 @@ def show_log(run_dir: Path, follow: bool = False, lines: int | None = None, poll
         if shown:
             print("\n".join(shown), flush=True)
         offset = len(text.encode())
-    record = read_state(run_dir / "state.json")
-    failed = record is not None and record.state is RunState.FAILED and (run_dir / "controller.log").exists()
+    record = read_state(files)
+    failed = record is not None and record.state is RunState.FAILED and files.controller_log.exists()
     try:
         while follow:
             if path.exists() and path.stat().st_size > offset:
@@ -320,9 +283,9 @@ def show_log(run_dir: Path, follow: bool = False, lines: int | None = None, poll
                 sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
                 continue
-            record = read_state(run_dir / "state.json")
+            record = read_state(files)
             if record is not None and record.state.is_terminal:
-                failed = record.state is RunState.FAILED and (run_dir / "controller.log").exists()
+                failed = record.state is RunState.FAILED and files.controller_log.exists()
                 break
             if record is not None and record.controller_alive() is False:
                 break
@@ -330,5 +293,5 @@ def show_log(run_dir: Path, follow: bool = False, lines: int | None = None, poll
     except KeyboardInterrupt:
         return 0
     if failed:
-        print(f"(the traceback is in {run_dir / 'controller.log'})", flush=True)
+        print(f"(the traceback is in {files.controller_log})", flush=True)
     return 0

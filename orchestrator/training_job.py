@@ -9,8 +9,6 @@ re-submitted run goes straight to the first unfinished stage.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,11 +16,9 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.plan import Plan
-from orchestrator.stopping import RunStopped, read_stop
-from orchestrator.storage.run_store import RunStore
+from workers.forecast_model import ForecastJob
+from workers.rundir.stops import RunStopped, read_stop
 from workers.training_loop import CHECKPOINT_FILE, TrainJobConfig, train_loop_per_worker
-
-STAGES_FILE = "stages.json"
 
 
 def trainer_name(plan: Plan, index: int) -> str:
@@ -57,10 +53,14 @@ def torch_trainer(
 
 
 def build_trainer(
-    plan: Plan, index: int = 0, init_checkpoint: Path | None = None, teacher_checkpoint: Path | None = None
+    plan: Plan,
+    index: int = 0,
+    init_checkpoint: Path | None = None,
+    teacher_checkpoint: Path | None = None,
+    forecast: ForecastJob | None = None,
 ) -> TorchTrainer:
     job = TrainJobConfig(
-        spec=plan.spec,
+        work=plan.work,
         run_dir=str(plan.run_dir),
         devices=plan.training.devices,
         device_type=plan.training.price.device_type,
@@ -68,29 +68,28 @@ def build_trainer(
         stage=index,
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+        forecast=forecast,
     )
     return torch_trainer(
         plan,
         train_loop_per_worker,
         {"job": job},
         trainer_name(plan, index),
-        RunStore(plan.run_dir).ray_storage,
+        plan.files.ray_storage,
         plan.spec.cluster.max_failures,
     )
 
 
 def _finished_stages(plan: Plan) -> dict[str, dict]:
-    path = plan.run_dir / STAGES_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    data = plan.files.read_json(plan.files.stages)
+    return data if isinstance(data, dict) else {}
 
 
 def _record_finished(plan: Plan, index: int, checkpoint: Path) -> None:
     stage = plan.stages[index]
     done = _finished_stages(plan)
     done[stage.name] = {"first_epoch": stage.first_epoch, "epochs": stage.epochs, "checkpoint": str(checkpoint)}
-    tmp = plan.run_dir / (STAGES_FILE + ".tmp")
-    tmp.write_text(json.dumps(done, indent=2))
-    os.replace(tmp, plan.run_dir / STAGES_FILE)
+    plan.files.write_json(plan.files.stages, done)
 
 
 def finished_checkpoint(plan: Plan, index: int) -> Path | None:
@@ -103,10 +102,14 @@ def finished_checkpoint(plan: Plan, index: int) -> Path | None:
 
 
 def run_stage(
-    plan: Plan, index: int, init_checkpoint: Path | None = None, teacher_checkpoint: Path | None = None
+    plan: Plan,
+    index: int,
+    init_checkpoint: Path | None = None,
+    teacher_checkpoint: Path | None = None,
+    forecast: ForecastJob | None = None,
 ) -> Path:
     """Train one stage (resuming from its last checkpoint if there is one); returns its final checkpoint file."""
-    result = build_trainer(plan, index, init_checkpoint, teacher_checkpoint).fit()
+    result = build_trainer(plan, index, init_checkpoint, teacher_checkpoint, forecast).fit()
     stopped = read_stop(plan.run_dir)  # the workers stopped on purpose (a cancel request, the budget)
     if result.checkpoint is None:
         if stopped is not None:
@@ -120,8 +123,11 @@ def run_stage(
     return checkpoint
 
 
-def run_training(plan: Plan, echo: Callable[[str], None] = print) -> Path:
-    """Run the method's stages in order, skipping finished ones; returns the last stage's final checkpoint file."""
+def run_training(plan: Plan, echo: Callable[[str], None] = print, forecast: ForecastJob | None = None) -> Path:
+    """Run the method's stages in order, skipping finished ones; returns the last stage's final checkpoint file.
+
+    `forecast`: measure the run's forecast in the first training job this call starts, before its first epoch.
+    """
     finals: dict[str, Path] = {}
     previous: Path | None = None
     for index, stage in enumerate(plan.stages):
@@ -133,7 +139,8 @@ def run_training(plan: Plan, echo: Callable[[str], None] = print) -> Path:
             teacher = finals.get(stage.teacher) if stage.teacher is not None else None
             if stage.teacher is not None and teacher is None:
                 raise RuntimeError(f"stage {stage.name} distils from {stage.teacher}, which has not run before it")
-            checkpoint = run_stage(plan, index, previous, teacher)
+            checkpoint = run_stage(plan, index, previous, teacher, forecast)
+            forecast = None
         finals[stage.name] = previous = checkpoint
     assert previous is not None, "a method has at least one stage"
     return previous

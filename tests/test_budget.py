@@ -12,31 +12,41 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator.forecast import Spend, forecast_from_profile, ledger_rows, ledger_spend, load_forecast, save_forecast
+from orchestrator.controller import check_before_evaluation, check_before_training
 from orchestrator.plan import make_plan
 from orchestrator.spec import BudgetSpec
 from orchestrator.spec_file import load_spec
-from orchestrator.state import RunState
-from orchestrator.stopping import (
-    RunStopped,
-    check_before_evaluation,
-    check_before_training,
-    raise_if_stopped,
-    read_stop,
-    request_cancel,
-)
-from orchestrator.storage.run_store import RunStore
 from tests.conftest import REPO, deps_orch
 from tests.test_status import epoch_row, profile
-from workers.budget import budget_verdict, check_epoch
 from workers.epoch_guard import EpochGuard
+from workers.forecast_model import forecast_from_profile
 from workers.methods import build_method
 from workers.profiling import PhaseTiming, Profile
+from workers.rundir.budget import budget_verdict, check_epoch
+from workers.rundir.estimator import ledger_rows, ledger_spend
+from workers.rundir.forecast import load_forecast, save_forecast
+from workers.rundir.pricing import Usage
+from workers.rundir.state import RunState
+from workers.rundir.stops import RunStopped, raise_if_stopped, read_stop, request_cancel
+from workers.rundir.tables import RunStore
 from workers.supernet.factory import build_space
 
 
+class FakeClock:
+    """A clock the test moves by hand: the guard's decisions then follow from the figures alone."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_verdict_names_the_limit_it_would_pass():
-    spent, coming = Spend(0.5, 2.0), Spend(0.2, 1.0)
+    spent, coming = Usage(0.5, 2.0), Usage(0.2, 1.0)
     assert budget_verdict(BudgetSpec(), spent, coming, "epoch 3") is None
     assert budget_verdict(BudgetSpec(max_dollars=3.0), spent, coming, "epoch 3") is None  # exactly at the cap
     money = budget_verdict(BudgetSpec(max_dollars=2.9), spent, coming, "epoch 3 (shrinking)")
@@ -49,7 +59,7 @@ def test_verdict_names_the_limit_it_would_pass():
 def test_the_next_epoch_is_checked_with_the_ledger_and_the_forecast(tiny_spec):
     plan = make_plan(load_spec(tiny_spec("capped")))
     plan.run_dir.mkdir(parents=True)
-    forecast = forecast_from_profile(plan, profile())
+    forecast = forecast_from_profile(plan.forecast_basis(), profile())
     save_forecast(plan.run_dir, forecast)
     store = RunStore(plan.run_dir)
     w, s = forecast.epoch_seconds("warmup"), forecast.epoch_seconds("shrinking")
@@ -73,9 +83,9 @@ def test_epoch_guard_stops_for_a_cancel_request_or_the_budget_but_not_after_the_
     plan = make_plan(spec)
     plan.run_dir.mkdir(parents=True)
     method = build_method(spec.method, build_space(spec), spec.seed)
-    guard = EpochGuard(spec, plan.run_dir, method, 0, torch.device("cpu"), 16, 2, 0.04)
+    guard = EpochGuard(spec.worker_spec(), plan.run_dir, method, 0, torch.device("cpu"), 16, 2, 0.04)
     assert guard.after_epoch(1, job_end=4) is False  # nothing to go by yet: no forecast, no epoch measured
-    save_forecast(plan.run_dir, forecast_from_profile(plan, profile()))
+    save_forecast(plan.run_dir, forecast_from_profile(plan.forecast_basis(), profile()))
     assert guard.after_epoch(3, job_end=4) is False  # the last epoch: the controller decides about evaluation
     assert guard.after_epoch(1, job_end=4) is True
     stop = read_stop(plan.run_dir)
@@ -95,15 +105,15 @@ def test_with_a_budget_every_step_checks_that_the_epoch_in_flight_still_fits(tin
     plan = make_plan(spec)
     plan.run_dir.mkdir(parents=True)
     method = build_method(spec.method, build_space(spec), spec.seed)
-    guard = EpochGuard(spec, plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
+    clock = FakeClock()
+    guard = EpochGuard(spec.worker_spec(), plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04, clock=clock)
     store = RunStore(plan.run_dir)
     store.record_epoch(epoch_row(plan, 0, "warmup", 0.6))  # 0.6 s of the 1.8 on the ledger
-    started = time.time()
-    guard.begin_epoch(1, charged_from=started - 0.3)  # 0.3 s of set-up before this epoch
+    guard.begin_epoch(1, charged_from=clock() - 0.3)  # 0.3 s of set-up before this epoch
     assert guard.before_step(0) is False  # 0.9 s spent, nothing known of a step yet
-    time.sleep(0.2)
+    clock.advance(0.2)
     assert guard.before_step(1) is False  # 1.1 s spent + a 0.2 s step half again + a 0.2 s tail
-    time.sleep(0.4)
+    clock.advance(0.4)
     assert guard.before_step(2) is True  # 1.5 s + the slowest step (0.4 s) half again + a tail would pass 1.8 s
     assert guard.stopped_mid_epoch
     stop = read_stop(plan.run_dir)
@@ -112,34 +122,39 @@ def test_with_a_budget_every_step_checks_that_the_epoch_in_flight_still_fits(tin
     assert "epoch 2 is charged as lost work" in stop.reason
 
     # Without a budget the steps are not watched at all.
-    free = EpochGuard(load_spec(tiny_spec("free")), plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
-    free.begin_epoch(1, charged_from=started - 3600)
+    free_spec = load_spec(tiny_spec("free")).worker_spec()
+    free = EpochGuard(free_spec, plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04, clock=clock)
+    free.begin_epoch(1, charged_from=clock() - 3600)
     assert free.before_step(0) is False and not free.stopped_mid_epoch
 
 
 def test_a_step_reserves_half_again_the_slowest_step_and_a_job_its_measured_first_step(tiny_spec):
+    clock = FakeClock()
+
     def guarded(name: str, budget_seconds: float) -> EpochGuard:
         spec = load_spec(tiny_spec(name, budget={"max_device_hours": budget_seconds * 2 / 3600}))  # 2 devices
         plan = make_plan(spec)
         timings = [PhaseTiming("warmup", 0, [0.2] * 3, 1.5, 1.0), PhaseTiming("shrinking", 2, [0.5] * 3, 0.5, 3.0)]
         slow_start = Profile(2, 2.0, 0.05, timings, [], 8)
-        save_forecast(plan.run_dir, forecast_from_profile(plan, slow_start))  # a 1.5 s first step, then 0.2 s
+        save_forecast(
+            plan.run_dir, forecast_from_profile(plan.forecast_basis(), slow_start)
+        )  # a 1.5 s first step, then 0.2 s
         method = build_method(spec.method, build_space(spec), spec.seed)
-        return EpochGuard(spec, plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04)
+        return EpochGuard(spec.worker_spec(), plan.run_dir, method, 0, torch.device("cpu"), 8, 2, 0.04, clock=clock)
 
     # The first step of a job (DDP's first pass, new kernels) is reserved at the forecast's first step.
     short = guarded("first-short", 3.0)
-    short.begin_epoch(0, charged_from=time.time() - 1.0)
+    short.begin_epoch(0, charged_from=clock() - 1.0)
     assert short.before_step(0) is True  # 1 s of set-up + 1.5 s half again + a 0.05 s tail would pass 3 s
     assert "step 1/8 of epoch 1 (warmup)" in read_stop(short.run_dir).reason
 
     guard = guarded("first-room", 3.6)
-    guard.begin_epoch(0, charged_from=time.time() - 1.0)
+    guard.begin_epoch(0, charged_from=clock() - 1.0)
     assert guard.before_step(0) is False  # 3.3 s of 3.6
-    time.sleep(0.4)
+    clock.advance(0.4)
     assert guard.before_step(1) is False  # a 0.4 s step: 1.4 s + 0.6 + 0.05
     # 3 s spent: the slowest step (0.4 s) and a tail would fit in 3.6 s, but not half a step more.
-    guard.begin_epoch(1, charged_from=time.time() - 3.0)
+    guard.begin_epoch(1, charged_from=clock() - 3.0)
     assert guard.before_step(0) is True
     assert "step 1/8 of epoch 2 (warmup)" in read_stop(guard.run_dir).reason
 
@@ -148,7 +163,7 @@ def test_the_controller_checks_before_training_and_before_evaluation(tiny_spec):
     plan = make_plan(load_spec(tiny_spec("gate", budget={"max_dollars": 1.0})))
     plan.run_dir.mkdir(parents=True)
     check_before_training(plan)  # no forecast, nothing spent: nothing to go by, so it may start
-    forecast = forecast_from_profile(plan, profile())
+    forecast = forecast_from_profile(plan.forecast_basis(), profile())
     save_forecast(plan.run_dir, forecast)
     check_before_training(plan)
     check_before_evaluation(plan)

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cost.attempts import AttemptLog, read_markers, record_lost_attempts
+from orchestrator.backends import describe_plan
 from orchestrator.cost.catalog import TIERS, catalog_entry, load_catalog, lookup_price
 from orchestrator.errors import UserError
 from orchestrator.plan import make_plan
 from orchestrator.reports.cost_report import resolve_run_dirs, run_costs
 from orchestrator.spec_file import load_spec
-from orchestrator.storage.run_store import RunStore
+from workers.rundir.attempts import AttemptLog, read_markers, record_lost_attempts
+from workers.rundir.tables import RunStore
 
 ISSUE_DEVICES = ["A40", "A100-40GB", "A100-80GB", "H100", "H200", "L4", "T4", "V100", "cpu"]
 
@@ -96,8 +97,8 @@ def test_a_slurm_cluster_prices_its_gpus_at_its_internal_rate(tmp_path):
     internal = make_plan(load_spec(_slurm_spec(tmp_path, {"price_per_device_hour": 0.9, "price_source": "HPC centre"})))
     price = internal.training.price
     assert (price.tier, price.per_device_hour, price.source) == ("internal", 0.9, "HPC centre")
-    assert internal.describe()["cluster"]["slurm"]["dollars_per_hour"] == pytest.approx(8 * 0.9)
-    assert internal.describe()["cluster"]["slurm"]["cpus_per_node"] == 16  # 4 workers x 4 CPUs on a node
+    assert describe_plan(internal)["cluster"]["slurm"]["dollars_per_hour"] == pytest.approx(8 * 0.9)
+    assert describe_plan(internal)["cluster"]["slurm"]["cpus_per_node"] == 16  # 4 workers x 4 CPUs on a node
 
     # The spec's own price beats the cluster's.
     spec = load_spec(_slurm_spec(tmp_path, {"price_per_device_hour": 0.9}, {"price_per_device_hour": 3.0}))

@@ -28,8 +28,8 @@ import yaml
 
 from orchestrator.backends.local import METRICS_PORT_ENV
 from orchestrator.dashboard import TRAIN_RUNS_API, dashboard_get
-from orchestrator.forecast import load_forecast
 from tests.conftest import REPO, deps_orch
+from workers.rundir.forecast import load_forecast
 
 pytestmark = pytest.mark.ray
 

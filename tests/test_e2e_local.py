@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.cost.catalog import lookup_price
-from orchestrator.storage.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
 from tests.conftest import REPO, deps_orch
+from workers.rundir.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
 from workers.supernet.space import mobilenetv3_space
 
 pytestmark = pytest.mark.ray
@@ -71,9 +71,10 @@ def test_deps_job_trains_prices_evaluates_and_resubmits_without_duplicates(tiny_
     assert list(ledger.subnets_per_step) == [1.0, 1.0, 3.0, 3.0]
     assert ledger.subnet_loss[:2].isna().all() and ledger.subnet_loss[2:].notna().all()
     # ε: 0 in warmup; linear per batch over 1 epoch of 8 steps from 1e-4, recorded at each epoch's last step.
-    assert list(ledger.epsilon[:2]) == [0.0, 0.0]
-    assert ledger.epsilon[2] == pytest.approx(1e-4 + (1 - 1e-4) * 7 / 8)
-    assert ledger.epsilon[3] == 1.0
+    epsilon = [dict(s)["epsilon"] for s in ledger.scalars]  # DepS's own scalar, by name
+    assert epsilon[:2] == [0.0, 0.0]
+    assert epsilon[2] == pytest.approx(1e-4 + (1 - 1e-4) * 7 / 8)
+    assert epsilon[3] == 1.0
     # Ledger arithmetic: device-hours = (wall + overhead) x devices / 3600; dollars = device-hours x price.
     price = lookup_price("cpu", "on_demand").per_device_hour
     assert (ledger.devices == 2).all() and (ledger.device_type == "cpu").all()

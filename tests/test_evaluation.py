@@ -20,10 +20,10 @@ from orchestrator.evaluation_job import EvaluatorPool, run_evaluation
 from orchestrator.plan import make_plan
 from orchestrator.reports.pareto import Point, mean_pareto_accuracy
 from orchestrator.spec_file import load_spec
-from orchestrator.storage.parquet_table import write_atomic
-from orchestrator.storage.run_store import RunStore
 from tests.conftest import one_thread_float32
 from workers.data.datasets import train_dataset
+from workers.rundir.parquet_table import write_atomic
+from workers.rundir.tables import RunStore
 from workers.selection import FlopBuckets
 from workers.supernet.factory import build_space, build_supernet
 

@@ -6,19 +6,17 @@ from datetime import datetime, timezone
 
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_hook
 
-from orchestrator.forecast import (
-    EpochCostEstimator,
-    forecast_from_profile,
-    load_forecast,
-    outlook,
-    plan_fingerprint,
-    save_forecast,
-)
 from orchestrator.plan import make_plan
 from orchestrator.profile_job import profile_request
 from orchestrator.spec_file import load_spec
-from workers.profiling import EvalTiming, PhaseTiming, Profile, profile_worker
+from workers.forecast_model import forecast_from_profile
+from workers.profiling import EvalTiming, PhaseTiming, Profile, measure_profile, profile_worker, untouched
+from workers.rundir.estimator import EpochCostEstimator, outlook
+from workers.rundir.forecast import load_forecast, save_forecast
+from workers.supernet.supernet import ElasticSupernet
+from workers.worker_setup import set_up_worker
 
 
 def _plan(tiny_spec, **sections):
@@ -67,31 +65,72 @@ def torch_defaults():
     torch.set_num_threads(threads)
 
 
-def test_profile_worker_times_real_steps_of_every_phase_and_evaluations(tiny_spec, torch_defaults):
+class ForwardClock:
+    """A clock that reads the supernet forward passes run so far: what a profile times is then exact."""
+
+    def __init__(self) -> None:
+        self.forwards = 0
+
+    def __call__(self) -> float:
+        return float(self.forwards)
+
+    def count(self, module, inputs, output) -> None:
+        if isinstance(module, ElasticSupernet):
+            self.forwards += 1
+
+
+def test_the_profile_times_every_phase_its_fixed_work_and_evaluations(tiny_spec, torch_defaults):
     plan = _plan(tiny_spec)
     request = profile_request(plan, steps=2)
     assert [p for p, _ in request.phases] == ["warmup", "shrinking"]
     assert len(request.eval_subnets) == 2  # the smallest and the largest planned subnet
-    profile = profile_worker(request, rank=0, world=1, device=torch.device("cpu"))
+    setup = set_up_worker(plan.work, rank=0, world=1, device=torch.device("cpu"))
+    clock = ForwardClock()
+    hook = register_module_forward_hook(clock.count)
+    try:
+        with untouched(setup):
+            profile = measure_profile(setup, request, 1.5, clock)
+    finally:
+        hook.remove()
 
     warmup, shrinking = profile.phases
     assert (warmup.phase, warmup.epoch, shrinking.phase, shrinking.epoch) == ("warmup", 0, "shrinking", 2)
     assert len(warmup.step_seconds) == len(shrinking.step_seconds) == 2
     assert warmup.subnets_per_step == 1.0 and shrinking.subnets_per_step == 3.0  # full model; sandwich of 3
-    # A shrinking step runs three subnets where a warmup step runs one.
-    assert shrinking.median_step_seconds > 1.3 * warmup.median_step_seconds
-    assert profile.setup_seconds > 0 and profile.epoch_fixed_seconds >= 0
+    # A warmup step runs the full model once, a shrinking step three subnets: their times say so exactly.
+    assert warmup.step_seconds == [1.0, 1.0] and warmup.first_step_seconds == 1.0
+    assert shrinking.step_seconds == [3.0, 3.0]
+    assert profile.setup_seconds == 1.5 and profile.epoch_fixed_seconds == 0.0  # no forward in the fixed work
     assert profile.steps_per_epoch == 512 // 32  # one worker here
     small, large = sorted(profile.evaluations, key=lambda e: e.macs)
-    assert small.macs < large.macs and small.seconds > 0 and large.seconds > 0
+    # Calibration (128 images in batches of 64) and the test split (360 in batches of 256): 2 + 2 forwards.
+    assert small.macs < large.macs and small.seconds == large.seconds == 4.0
     assert small.calibration_images == 128 and small.test_images_used == small.test_images == 360
     assert Profile.from_dict(profile.to_dict()) == profile
+
+
+def test_a_dry_runs_profile_has_a_set_up_of_its_own(tiny_spec, torch_defaults):
+    plan = _plan(tiny_spec)
+    profile = profile_worker(profile_request(plan, steps=1), rank=0, world=1, device=torch.device("cpu"))
+    assert [p.phase for p in profile.phases] == ["warmup", "shrinking"] and profile.setup_seconds > 0
+
+
+def test_measuring_leaves_the_weights_and_the_optimiser_as_they_were(tiny_spec, torch_defaults):
+    plan = _plan(tiny_spec)
+    setup = set_up_worker(plan.work, rank=0, world=1, device=torch.device("cpu"))
+    before = {k: v.clone() for k, v in setup.net.state_dict().items()}
+    with untouched(setup):
+        measure_profile(setup, profile_request(plan, steps=1), 0.0)
+    after = setup.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert setup.optimizer.state_dict()["state"] == {}
+    assert all(p.grad is None for p in setup.net.parameters())
 
 
 def test_forecast_arithmetic_per_phase_evaluation_and_total(tiny_spec):
     plan = _plan(tiny_spec)
     profile = _profile()
-    forecast = forecast_from_profile(plan, profile, measure_seconds=12.0)
+    forecast = forecast_from_profile(plan.forecast_basis(), profile, measure_seconds=12.0)
     steps, price = plan.steps_per_epoch, plan.training.price.per_device_hour
     warmup, shrinking = forecast.phases
     assert warmup.epochs == 2 and shrinking.epochs == 2 and forecast.epochs == 4
@@ -117,20 +156,20 @@ def test_forecast_arithmetic_per_phase_evaluation_and_total(tiny_spec):
 
 def test_forecast_file_round_trips_and_its_fingerprint_ignores_the_budget(tiny_spec, tmp_path):
     plan = _plan(tiny_spec)
-    forecast = forecast_from_profile(plan, _profile())
+    forecast = forecast_from_profile(plan.forecast_basis(), _profile())
     save_forecast(tmp_path, forecast)
     assert load_forecast(tmp_path) == forecast
     richer = make_plan(load_spec(tiny_spec("fc", budget={"max_dollars": 5.0})))
-    assert plan_fingerprint(richer) == plan_fingerprint(plan)
+    assert richer.fingerprint() == plan.fingerprint()
     longer = make_plan(load_spec(tiny_spec("fc", method={"epochs": 6})))
-    assert plan_fingerprint(longer) != plan_fingerprint(plan)
+    assert longer.fingerprint() != plan.fingerprint()
     (tmp_path / "forecast.json").write_text('{"run": "x"}')
     assert load_forecast(tmp_path) is None  # an unreadable forecast is measured again, not trusted
 
 
 def test_estimator_prefers_measured_epochs_and_scales_the_forecast_of_phases_not_reached(tiny_spec):
     plan = _plan(tiny_spec)
-    forecast = forecast_from_profile(plan, _profile())
+    forecast = forecast_from_profile(plan.forecast_basis(), _profile())
     planned_warmup = forecast.epoch_seconds("warmup")
     planned_shrinking = forecast.epoch_seconds("shrinking")
     fresh = EpochCostEstimator(forecast, [])
@@ -157,7 +196,7 @@ def test_estimator_prefers_measured_epochs_and_scales_the_forecast_of_phases_not
 
 def test_outlook_adds_the_rest_of_the_run_to_what_was_spent(tiny_spec):
     plan = _plan(tiny_spec)
-    forecast = forecast_from_profile(plan, _profile())
+    forecast = forecast_from_profile(plan.forecast_basis(), _profile())
     phases = plan.phases
     fresh = outlook(forecast, phases, [])
     assert fresh.epochs_done == 0 and fresh.epochs_total == 4

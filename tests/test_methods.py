@@ -14,9 +14,10 @@ from workers.methods import METHODS, Target, build_method
 from workers.methods.bignas import BigNASConfig
 from workers.methods.progressive import CompOFAConfig, OFAConfig
 from workers.methods.rss import RSSConfig
+from workers.step import run_step
 from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.space import mobilenetv3_space
-from workers.training_loop import load_frozen_teacher, run_step, stage_schedule
+from workers.training_loop import load_frozen_teacher, stage_schedule
 
 SPACE = mobilenetv3_space(0.35, cifar=True, resolution=16)
 KERNEL_FIXED = mobilenetv3_space(0.35, cifar=True, resolution=16, kernel_choices=(7,))
@@ -131,7 +132,7 @@ def test_ofa_frozen_teacher_stays_frozen_while_the_student_learns(tmp_path):
     images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
     stage = method.stages()[-1]
     steps = method.steps(stage.first_epoch, 0, 10, _rng())
-    loss, _ = run_step(student, steps, images, labels, 0.1, KLDivergence(), teacher)
+    loss = run_step(student, steps, images, labels, 0.1, KLDivergence(), teacher).first
     optimizer.step()
     assert loss > 0
     for name, value in teacher.state_dict().items():  # weights and BN running statistics alike
@@ -150,14 +151,14 @@ def test_labels_and_kd_loss_is_ce_plus_weighted_distillation(tmp_path):
     method = build_method(spec.method, space)
     images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
     (step,) = method.steps(method.stages()[1].first_epoch, 0, 10, _rng())
-    loss, _ = run_step(student, [step], images, labels, 0.1, KLDivergence(), teacher)
+    loss = run_step(student, [step], images, labels, 0.1, KLDivergence(), teacher).first
     with torch.no_grad():
         student.set_active_subnet(step.config)
         logits, t_logits = student(images), teacher(images)
     ce = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
     p, log_q = torch.softmax(t_logits, 1), torch.log_softmax(logits, 1)
     kl = (p * (p.log() - log_q)).sum(1).mean()
-    assert loss == pytest.approx((ce + 0.5 * kl).item(), rel=1e-5)
+    assert loss.item() == pytest.approx((ce + 0.5 * kl).item(), rel=1e-5)
 
 
 # --- BigNAS --------------------------------------------------------------------------------------

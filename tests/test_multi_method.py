@@ -96,7 +96,8 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
     compofa = pq.read_table(root / "cmp-compofa" / "subnets.parquet").to_pandas()
     assert all(set(k for s in json.loads(c)["stages"] for k in s["kernels"]) == {7} for c in compofa.config)
     deps_ledger = _ledger(root / "cmp-deps")
-    assert deps_ledger.epsilon[0] == 0.0 and deps_ledger.epsilon[1] > 0
+    epsilon = [dict(s)["epsilon"] for s in deps_ledger.scalars]
+    assert epsilon[0] == 0.0 and epsilon[1] > 0
 
     report = deps_orch("cost-report", "cmp", "--root", str(root), "--format", "json")
     assert report.returncode == 0, report.stderr

@@ -9,7 +9,6 @@ from PIL import Image
 from orchestrator.reports.compare import compare
 from orchestrator.reports.plots import write_plots
 from orchestrator.spec_file import load_spec
-from orchestrator.storage.run_store import RunStore
 from tests.conftest import one_thread_float32
 from tests.test_results_dataset import write_run
 from workers.diagnostics import (
@@ -21,6 +20,7 @@ from workers.diagnostics import (
     record_diagnostics,
 )
 from workers.methods import build_method
+from workers.rundir.tables import RunStore
 from workers.supernet.factory import build_space, build_supernet
 
 
@@ -36,7 +36,7 @@ def test_class_correlation_by_hand():
 
 @pytest.fixture
 def tiny(tiny_spec):
-    spec = load_spec(tiny_spec("diag"))  # DepS, 4 epochs: warmup 0-1, shrinking 2-3, 3 subnets per step
+    spec = load_spec(tiny_spec("diag")).worker_spec()  # DepS, 4 epochs: warmup 0-1, shrinking 2-3, 3 subnets per step
     method = build_method(spec.method, build_space(spec), spec.seed)
     with one_thread_float32():
         torch.manual_seed(0)

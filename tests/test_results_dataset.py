@@ -24,8 +24,8 @@ from orchestrator.storage.dataset import (
     run_dirs,
     runs_in_group,
 )
-from orchestrator.storage.run_store import RunStore
-from orchestrator.storage.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
+from workers.rundir.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
+from workers.rundir.tables import RunStore
 
 PRICE = 0.05  # dollars per device-hour
 
@@ -52,7 +52,7 @@ def epoch_row(run: str, method: str, epoch: int, phase: str, seconds: float, gro
         "loss": 1.0,
         "subnet_loss": None,
         "lr": 0.1,
-        "epsilon": None,
+        "scalars": None,
         "finished_at": datetime.now(timezone.utc),
     }
 

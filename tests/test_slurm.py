@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from orchestrator.backends.ray_node import session_members
-from orchestrator.storage.schemas import LOST_SCHEMA
 from tests.conftest import REPO, deps_orch
 from tests.disk_formats import write_image_folder
 from tests.slurm_cluster import SlurmUnavailable, shared_cluster
+from workers.rundir.schemas import LOST_SCHEMA
 
 pytestmark = pytest.mark.ray
 

@@ -109,7 +109,10 @@ def test_dry_run_prints_the_resolved_plan(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     plan = yaml.safe_load(result.stdout)
-    assert plan["phases"] == [{"phase": "warmup", "epochs": "0-9"}, {"phase": "shrinking", "epochs": "10-19"}]
+    assert plan["phases"] == [
+        {"phase": "warmup", "first_epoch": 0, "last_epoch": 9},
+        {"phase": "shrinking", "first_epoch": 10, "last_epoch": 19},
+    ]
     assert plan["dataset"]["train_images"] == 100 and plan["dataset"]["classes"] == 10
     assert plan["cost"]["device_type"] == "cpu" and plan["cost"]["devices"] == 2
     assert plan["cost"]["training_dollars_per_hour"] == pytest.approx(2 * plan["cost"]["price_per_device_hour"])

@@ -14,15 +14,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from orchestrator.forecast import forecast_from_profile, save_forecast
 from orchestrator.plan import make_plan
 from orchestrator.spec_file import load_spec
-from orchestrator.state import RunState, begin_submission, read_state, write_state
 from orchestrator.status import progress_line, read_status
-from orchestrator.storage.run_store import RunStore
-from orchestrator.storage.schemas import EPOCH_SCHEMA
 from tests.conftest import deps_orch
+from workers.forecast_model import forecast_from_profile
 from workers.profiling import EvalTiming, PhaseTiming, Profile
+from workers.rundir.forecast import save_forecast
+from workers.rundir.schemas import EPOCH_SCHEMA
+from workers.rundir.state import RunState, begin_submission, read_state, write_state
+from workers.rundir.tables import RunStore
 
 DEFAULTS = {pa.string(): "", pa.int32(): 0, pa.int64(): 0, pa.float64(): 0.0}
 
@@ -49,7 +50,7 @@ def epoch_row(plan, epoch: int, phase: str, wall: float, overhead: float = 0.0, 
         subnets_per_step=1.0 if phase == "warmup" else 3.0,
         loss=1.0,
         lr=0.05,
-        epsilon=0.0 if phase == "warmup" else 0.5,
+        scalars={"epsilon": 0.0 if phase == "warmup" else 0.5},
         finished_at=datetime.now(timezone.utc),
     )
     row.update(extra)
@@ -72,11 +73,11 @@ def run_dir(tiny_spec):
     """A run two epochs into training (its controller is this test process), with a recorded forecast."""
     plan = make_plan(load_spec(tiny_spec("watched", budget={"max_dollars": 1.0})))
     plan.run_dir.mkdir(parents=True)
-    RunStore(plan.run_dir).plan_path.write_text(json.dumps(plan.describe()))
-    forecast = forecast_from_profile(plan, profile())
+    plan.files.plan.write_text(json.dumps(plan.describe()))
+    forecast = forecast_from_profile(plan.forecast_basis(), profile())
     save_forecast(plan.run_dir, forecast)
-    begin_submission(RunStore(plan.run_dir).state_path)
-    write_state(RunStore(plan.run_dir).state_path, RunState.TRAINING)
+    begin_submission(plan.run_dir)
+    write_state(plan.run_dir, RunState.TRAINING)
     store = RunStore(plan.run_dir)
     store.record_epoch(epoch_row(plan, 0, "warmup", forecast.epoch_seconds("warmup"), overhead=2.0))
     store.record_epoch(epoch_row(plan, 1, "warmup", forecast.epoch_seconds("warmup")))
@@ -84,7 +85,7 @@ def run_dir(tiny_spec):
 
 
 def test_state_record_keeps_elapsed_time_over_submissions_and_its_controller(tmp_path):
-    path = tmp_path / "state.json"
+    path = tmp_path
     begin_submission(path)
     record = read_state(path)
     assert record.state is RunState.PENDING and record.pid == os.getpid() and record.host == socket.gethostname()
@@ -155,13 +156,12 @@ def test_status_logs_and_cancel_commands(run_dir, tmp_path):
     assert missing.returncode == 2 and "nope: no run there" in missing.stderr
 
     # This test process "owns" the run; cancelling a run whose controller is gone just records it.
-    state_path = run_dir / "state.json"
-    write_state(state_path, RunState.INTERRUPTED, "interrupted while training")
+    write_state(run_dir, RunState.INTERRUPTED, "interrupted while training")
     cancelled = deps_orch("cancel", "watched", "--root", root)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
-    record = read_state(state_path)
+    record = read_state(run_dir)
     assert record.state is RunState.CANCELLED and "it was INTERRUPTED" in record.reason
-    write_state(state_path, RunState.SUCCEEDED)
+    write_state(run_dir, RunState.SUCCEEDED)
     done = deps_orch("cancel", "watched", "--root", root)
     assert done.returncode == 2 and "already SUCCEEDED" in done.stderr
     nothing = deps_orch("dashboard", "--root", str(tmp_path / "empty"))
@@ -175,7 +175,7 @@ def test_logs_follow_ends_when_the_run_stops(run_dir):
         [str(exe), "logs", str(run_dir), "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     time.sleep(3.0)
-    write_state(run_dir / "state.json", RunState.CANCELLED, "cancelled by a test")
+    write_state(run_dir, RunState.CANCELLED, "cancelled by a test")
     out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
     assert "state CANCELLED: cancelled by a test" in out

@@ -7,10 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.cost.catalog import lookup_price
-from orchestrator.cost.pricing import price_usage
 from orchestrator.errors import UserError
-from orchestrator.storage.parquet_table import upsert_rows
-from orchestrator.storage.run_store import RunStore, run_dir_for
+from workers.rundir.layout import run_dir_for
+from workers.rundir.parquet_table import upsert_rows
+from workers.rundir.pricing import Usage
+from workers.rundir.tables import RunStore
 
 SCHEMA = pa.schema([pa.field("run", pa.string()), pa.field("k", pa.int32()), pa.field("v", pa.float64())])
 
@@ -34,7 +35,7 @@ def test_a_failed_write_leaves_the_old_file_intact(tmp_path):
 
 
 def test_price_formula():
-    usage = price_usage(wall_seconds=1800, devices=16, price_per_device_hour=2.13)
+    usage = Usage.of(1800, devices=16, price_per_device_hour=2.13)
     assert usage.device_hours == pytest.approx(8.0)
     assert usage.dollars == pytest.approx(8.0 * 2.13)
 
@@ -77,10 +78,10 @@ def test_epoch_rows_are_readable_by_pandas(tmp_path):
         "loss": 1.0,
         "subnet_loss": None,
         "lr": 0.1,
-        "epsilon": 0.0,
+        "scalars": {"epsilon": 0.0},
         "finished_at": datetime.now(timezone.utc),
     }
     store.record_epoch(row)
     store.record_epoch({**row, "loss": 0.5})
-    frame = pd.read_parquet(store.epochs_path)
+    frame = pd.read_parquet(store.files.epochs)
     assert len(frame) == 1 and frame.loss.iloc[0] == 0.5

@@ -22,34 +22,22 @@ import copy
 import functools
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.utils.data import Subset
 
 from workers.calibration import calibrate_bn
 from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
+from workers.data.spec import DatasetSpec
+from workers.evaluation_spec import DiagnosticsConfig
+from workers.job import WorkerSpec
 from workers.methods import Target, TrainingMethod
-
-if TYPE_CHECKING:
-    from orchestrator.spec import DatasetSpec, JobSpec
-    from orchestrator.storage.run_store import RunStore
+from workers.rundir.tables import RunStore
+from workers.step import step_rng, subnet_loss
 
 GRADIENTS = ("no_shrink", "shrink", "eps_shrink")
-
-
-class DiagnosticsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    heatmap_epochs: tuple[int, ...] | None = Field(None, description="default: the last epoch of every phase")
-    gradient_epochs: tuple[int, ...] | None = Field(
-        None, description="default: the last epoch of every phase that another phase follows"
-    )
-    heatmap_images: int = Field(1000, gt=0, description="test images for the class-correlation heatmap")
-    gradient_images: int = Field(64, gt=0, description="training images in the gradient diagnostic's minibatch")
 
 
 def _phase_ends(method: TrainingMethod) -> list[int]:
@@ -89,8 +77,9 @@ def check_epochs(config: DiagnosticsConfig, method: TrainingMethod) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _test_images(dataset: DatasetSpec, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = to_tensors(test_dataset(dataset))
-    return images[:count], labels[:count]
+    """The first `count` test images, and only those decoded."""
+    test = test_dataset(dataset)
+    return to_tensors(Subset(test, range(min(count, len(test)))))
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,10 +129,7 @@ def step_gradients(
         net.set_active_subnet(step.config)
         net.active_dropout = net.dropout_rate if step.dropout else 0.0
         logits = net(images)
-        if step.target is Target.LABELS:
-            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        else:
-            loss = distillation(logits, teacher)[0]
+        loss, _ = subnet_loss(step, logits, labels, label_smoothing, distillation, teacher, None)
         if weight != 0.0:
             (loss * weight).backward()
         if step.is_teacher:
@@ -204,7 +190,7 @@ def gradient_diagnostic(
 
 
 def record_diagnostics(
-    spec: JobSpec,
+    spec: WorkerSpec,
     store: RunStore,
     method: TrainingMethod,
     net: nn.Module,
@@ -262,8 +248,6 @@ def record_diagnostics(
                 ]
             )
         if epoch in gradient_epochs(config, method) and epoch + 1 < method.epochs:
-            from workers.training_loop import step_rng  # here, not at the top: the loop imports this module
-
             steps = method.steps(epoch + 1, 0, steps_per_epoch, step_rng(spec.seed, epoch + 1, 0))
             if len(steps) < 2 or any(s.target not in (Target.LABELS, Target.INPLACE_KD) for s in steps):
                 return  # nothing to compare, or a frozen-teacher step this probe cannot reproduce

@@ -1,4 +1,4 @@
-"""The training loop's stop checks: at each epoch end, and before each step when the run has a budget.
+"""The training loop's stop checks: before training, at each epoch end, and before each step with a budget.
 
 At an epoch end (after its checkpoint and ledger row) the run stops for a cancel
 request, or when the ledger plus the cautious estimate of the next epoch would
@@ -10,25 +10,28 @@ and the epoch in flight is charged as lost work. The budget is then a cap, not a
 forecast, as long as no step outruns its reserve (see `STEP_MARGIN`).
 
 Rank 0 decides and broadcasts the decision, so every rank stops at the same point.
+Durations come from an injected clock (`time.monotonic` by default).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger_spend, load_forecast
-from orchestrator.state import RunState
-from orchestrator.stopping import StopRecord, cancel_request, record_stop
-from workers.budget import STEP_MARGIN, budget_verdict, check_epoch
+from workers.job import WorkerSpec
+from workers.methods import TrainingMethod
+from workers.rundir.budget import STEP_MARGIN, budget_verdict, check_epoch
+from workers.rundir.estimator import EpochCostEstimator, ledger_rows, ledger_spend
+from workers.rundir.forecast import load_forecast
+from workers.rundir.pricing import Usage
+from workers.rundir.state import RunState
+from workers.rundir.stops import StopRecord, cancel_request, record_stop
 
-if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
-    from workers.methods import TrainingMethod
+Clock = Callable[[], float]
 
 
 class EpochGuard:
@@ -36,7 +39,7 @@ class EpochGuard:
 
     def __init__(
         self,
-        spec: JobSpec,
+        spec: WorkerSpec,
         run_dir: Path,
         method: TrainingMethod,
         rank: int,
@@ -44,13 +47,15 @@ class EpochGuard:
         steps_per_epoch: int,
         devices: int,
         price_per_device_hour: float,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.spec, self.run_dir, self.method, self.rank, self.device = spec, run_dir, method, rank, device
         self.steps_per_epoch, self.devices, self.price = steps_per_epoch, devices, price_per_device_hour
+        self.clock = clock
         self.stopped_mid_epoch = False
         # Rank 0's view of the epoch in flight (only with a budget).
         self._epoch, self._phase, self._charged_from = 0, "", 0.0
-        self._spent = Spend()
+        self._spent = Usage()
         self._last_step_at: float | None = None
         self._steps_end: float | None = None
         self._step_seconds: dict[str, float] = {}  # the slowest step seen per phase in this job
@@ -58,6 +63,24 @@ class EpochGuard:
         self._planned_step: float | None = None
         self._first_step: float | None = None  # the forecast's first step of a job, scaled as the epochs ran
         self._planned_tail: float | None = None
+
+    def before_training(self, epoch: int, charged_from: float) -> bool:
+        """Whether the budget stops the job before its first epoch, `epoch` (the same answer on every rank).
+
+        What the job spent since `charged_from` (its set-up, a forecast measured in it) is not in the
+        ledger yet; a stop charges it as lost work.
+        """
+        record = None
+        if self.rank == 0 and self.spec.budget.limited:
+            in_flight = Usage.of(self.clock() - charged_from, self.devices, self.price)
+            phase = self.method.phase(epoch)
+            verdict = check_epoch(self.spec.budget, self.run_dir, epoch, phase, new_job=False, in_flight=in_flight)
+            if verdict is not None:
+                record = StopRecord(RunState.BUDGET_EXHAUSTED, verdict, epoch - 1)
+                record_stop(self.run_dir, record)
+                print(f"[{self.spec.run}] stopping before epoch {epoch + 1}: {record.reason}", flush=True)
+        self.stopped_mid_epoch = self._broadcast(record is not None)
+        return self.stopped_mid_epoch
 
     def begin_epoch(self, epoch: int, charged_from: float) -> None:
         """Epoch `epoch` starts; stopped midway, it is charged as lost work from `charged_from` (set-up included)."""
@@ -88,12 +111,12 @@ class EpochGuard:
         return self.stopped_mid_epoch
 
     def steps_finished(self) -> None:
-        self._steps_end = time.time()
+        self._steps_end = self.clock()
 
     def after_epoch(self, epoch: int, job_end: int) -> bool:
         """Whether to stop after `epoch` (the same answer on every rank). `job_end`: this training job's end epoch."""
         if self._steps_end is not None:
-            tail = time.time() - self._steps_end
+            tail = self.clock() - self._steps_end
             self._tail_seconds = max(self._tail_seconds or 0.0, tail)
             self._steps_end = None
         record = self._decide(epoch, job_end) if self.rank == 0 else None
@@ -115,13 +138,13 @@ class EpochGuard:
         return StopRecord(RunState.BUDGET_EXHAUSTED, verdict, epoch) if verdict is not None else None
 
     def _decide_step(self, step: int) -> StopRecord | None:
-        now = time.time()
+        now = self.clock()
         if self._last_step_at is not None:
             seconds = now - self._last_step_at
             self._step_seconds[self._phase] = max(self._step_seconds.get(self._phase, 0.0), seconds)
         self._last_step_at = now
-        in_flight = Spend.of(now - self._charged_from, self.devices, self.price)
-        coming = Spend.of(self._reserve(), self.devices, self.price)
+        in_flight = Usage.of(now - self._charged_from, self.devices, self.price)
+        coming = Usage.of(self._reserve(), self.devices, self.price)
         what = f"step {step + 1}/{self.steps_per_epoch} of epoch {self._epoch + 1} ({self._phase}) and its checkpoint"
         verdict = budget_verdict(self.spec.budget, self._spent + in_flight, coming, what)
         if verdict is None:

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from workers.calibration import calibrate_bn
+from workers.job import WorkerSpec
 from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
-
-if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
 
 
 def _batches(images: torch.Tensor, size: int, device: torch.device) -> list[torch.Tensor]:
@@ -58,7 +55,7 @@ def accuracy_on_batches(
 class SubnetEvaluator:
     def __init__(
         self,
-        spec: JobSpec,
+        spec: WorkerSpec,
         state_dict: dict,
         num_classes: int,
         calibration: torch.Tensor,

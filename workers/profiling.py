@@ -1,11 +1,14 @@
-"""Timing a run's work on its own workers before it runs: the raw data of the cost forecast.
+"""Timing a run's work on its own workers: the raw data of the cost forecast.
 
-Every worker of the group builds what the training loop builds (data, supernet,
-optimiser, DDP) and runs a few real steps of each phase, the ones the method asks
-for at the phase's first epoch; rank 0's times are what the ledger would charge.
-The per-epoch fixed work (all-reduce of the epoch's sums, checkpoint save, a fresh
-data-loader iterator) is timed once, and so is the set-up itself. Then the ranks
-calibrate and evaluate subnets side by side, as the evaluation workers will.
+The workers of a training job time a few real steps of each phase (the ones the
+method asks for at the phase's first epoch) on the set-up training uses
+(`workers/worker_setup.py`), before the first epoch; rank 0's times are what the
+ledger would charge. The per-epoch fixed work (all-reduce of the epoch's sums,
+checkpoint save, a fresh data-loader iterator) is timed once, and so is the
+set-up itself. Then the ranks calibrate and evaluate subnets side by side, as the
+evaluation workers will. The weights, optimiser state and random state are put
+back afterwards, so training starts exactly as it would without the measurement.
+A dry run times the same on a set-up of its own (`profile_worker`).
 
 The caller joins the workers into one process group first (world > 1); nothing
 here knows of Ray.
@@ -13,35 +16,34 @@ here knows of Ray.
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from workers.data.datasets import calibration_dataset, num_classes, test_dataset, to_tensors
+from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
 from workers.evaluation import SubnetEvaluator
-from workers.methods import TrainingMethod, build_method
-from workers.optim import build_optimizer
-from workers.supernet.factory import build_space, build_supernet
+from workers.job import WorkerSpec
+from workers.step import run_step, step_rng
+from workers.supernet.factory import build_supernet
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
-from workers.training_loop import distributed_train_loader, run_step, step_rng
+from workers.worker_setup import WorkerSetup, set_up_worker
 
-if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
 class ProfileRequest:
-    spec: JobSpec
+    work: WorkerSpec
     phases: tuple[tuple[str, int], ...]  # (phase, its first epoch)
     steps: int  # timed steps per phase, after one untimed step
     eval_subnets: tuple[str, ...] = ()  # subnet configs (JSON) to calibrate and evaluate
@@ -117,52 +119,44 @@ class Profile:
         )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _all_reduce(values: list[float], device: torch.device, op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        if dist.get_backend() == "nccl":
-            tensor = tensor.to(device)
-        dist.all_reduce(tensor, op=op)
-    return tensor.cpu().tolist()
-
-
-def _frozen_teacher(spec: JobSpec, method: TrainingMethod, classes: int, device: torch.device) -> nn.Module:
+def _frozen_teacher(setup: WorkerSetup) -> nn.Module:
     """A stand-in for a stage's frozen teacher: same network and cost, weights do not matter for timing."""
-    teacher = build_supernet(spec, method.space, classes)
-    teacher.set_active_subnet(method.space.largest())
+    space = setup.method.space
+    teacher = build_supernet(setup.work, space, setup.num_classes)
+    teacher.set_active_subnet(space.largest())
     teacher.requires_grad_(False)
-    return teacher.to(device, memory_format=torch.channels_last).eval()
+    return teacher.to(setup.device, memory_format=torch.channels_last).eval()
+
+
+@contextmanager
+def untouched(setup: WorkerSetup) -> Iterator[None]:
+    """Whatever runs inside leaves the weights, the optimiser state and the random state as they were."""
+    weights = copy.deepcopy(setup.net.state_dict())
+    optimizer = copy.deepcopy(setup.optimizer.state_dict())
+    devices = [setup.device] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            setup.optimizer.zero_grad(set_to_none=True)
+            setup.net.load_state_dict(weights)
+            setup.optimizer.load_state_dict(optimizer)
 
 
 def profile_worker(request: ProfileRequest, rank: int, world: int, device: torch.device) -> Profile:
-    """Run on every worker of the group; every rank returns the same Profile (rank 0's times)."""
-    spec = request.spec
-    started = time.time()
-    torch.set_num_threads(max(1, spec.cluster.cpus_per_worker))
-    space = build_space(spec)
-    method = build_method(spec.method, space, spec.seed)
-    loader, sampler = distributed_train_loader(spec, rank, world, device)
-    steps_per_epoch = len(loader)
-    torch.manual_seed(spec.seed)
-    classes = num_classes(spec.dataset)
-    net = build_supernet(spec, space, classes)
-    method.init_weights(net)
-    net = net.to(device, memory_format=torch.channels_last)
-    optimizer = build_optimizer(net, spec.optimizer, 1e-3)
-    model: nn.Module = net
-    if world > 1:
-        model = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
-    distill = method.distillation()
-    _sync(device)
-    setup_seconds = time.time() - started
+    """A dry run's measurement: a set-up of its own, then the timing. Every rank returns rank 0's figures."""
+    started = time.perf_counter()
+    setup = set_up_worker(request.work, rank, world, device)
+    setup.synchronize()
+    return measure_profile(setup, request, time.perf_counter() - started)
 
+
+def measure_profile(
+    setup: WorkerSetup, request: ProfileRequest, setup_seconds: float, clock: Clock = time.perf_counter
+) -> Profile:
+    """Time the request's steps, fixed work and evaluations on `setup` (on every rank; returns rank 0's times)."""
+    work, net, optimizer, method = setup.work, setup.net, setup.optimizer, setup.method
+    loader = setup.loader
     batches = iter(loader)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,99 +166,97 @@ def profile_worker(request: ProfileRequest, rank: int, world: int, device: torch
         except StopIteration:
             batches = iter(loader)
             images, labels = next(batches)
-        return (
-            images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-            labels.to(device, non_blocking=True),
-        )
+        return setup.on_device(images, labels)
 
-    model.train()
+    net.train()
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-3
     phases, fetches = [], []
     for phase, epoch in request.phases:
-        teacher = None
-        if method.stage_of(epoch).teacher is not None:
-            teacher = _frozen_teacher(spec, method, classes, device)
+        teacher = _frozen_teacher(setup) if method.stage_of(epoch).teacher is not None else None
         times, counts = [], []
         for step in range(request.steps + 1):
-            step_started = time.time()
+            step_started = clock()
             images, labels = next_batch()
-            fetches.append(time.time() - step_started)
-            steps = method.steps(epoch, step, steps_per_epoch, step_rng(spec.seed, epoch, step))
+            fetches.append(clock() - step_started)
+            steps = method.steps(epoch, step, setup.steps_per_epoch, step_rng(work.seed, epoch, step))
             optimizer.zero_grad(set_to_none=True)
-            run_step(model, steps, images, labels, spec.optimizer.label_smoothing, distill, teacher)
+            run_step(net, steps, images, labels, work.optimizer.label_smoothing, setup.distill, teacher)
+            setup.average_gradients()
             optimizer.step()
-            _sync(device)
-            times.append(time.time() - step_started)
+            setup.synchronize()
+            times.append(clock() - step_started)
             counts.append(len(steps))
         phases.append(PhaseTiming(phase, epoch, times[1:], times[0], sum(counts) / len(counts)))
     optimizer.zero_grad(set_to_none=True)
 
     # The epoch's fixed work, as the loop does it: a fresh loader iterator, the all-reduce of its sums,
     # and rank 0 saving the checkpoint (model and optimiser state).
-    fixed_started = time.time()
-    sampler.set_epoch(1)
+    fixed_started = clock()
+    setup.sampler.set_epoch(1)
     batches = iter(loader)
     next_batch()
-    _all_reduce([0.0, 0.0, 0.0], device)
-    if rank == 0:
+    setup.all_reduce([0.0, 0.0, 0.0])
+    if setup.rank == 0:
         with tempfile.TemporaryDirectory() as directory:
             torch.save(
                 {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 0},
                 os.path.join(directory, "state.pt"),
             )
-    _sync(device)
+    setup.synchronize()
     # The first batch of the fresh iterator is also a step's own fetch, which the step times already hold.
-    epoch_fixed = max(0.0, time.time() - fixed_started - (statistics.median(fetches) if fetches else 0.0))
+    epoch_fixed = max(0.0, clock() - fixed_started - (statistics.median(fetches) if fetches else 0.0))
 
-    evaluations = _profile_evaluation(request, net.state_dict(), classes, rank, world, device)
+    evaluations = _profile_evaluation(request, setup, clock)
     # Every rank ends with rank 0's figures, so the caller may read any of them.
-    shared = _all_reduce([setup_seconds if rank == 0 else 0.0, epoch_fixed if rank == 0 else 0.0], device)
+    rank0 = setup.rank == 0
+    shared = setup.all_reduce([setup_seconds if rank0 else 0.0, epoch_fixed if rank0 else 0.0])
     return Profile(
-        world=world,
+        world=setup.world,
         setup_seconds=shared[0],
         epoch_fixed_seconds=shared[1],
         phases=phases,
         evaluations=evaluations,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=setup.steps_per_epoch,
     )
 
 
-def _profile_evaluation(
-    request: ProfileRequest, state_dict: dict, classes: int, rank: int, world: int, device: torch.device
-) -> list[EvalTiming]:
+def _profile_evaluation(request: ProfileRequest, setup: WorkerSetup, clock: Clock) -> list[EvalTiming]:
     """The ranks evaluate the requested subnets side by side, as that many evaluation workers would."""
-    spec, ev = request.spec, request.spec.evaluation
+    work, ev = request.work, request.work.evaluation
     configs = [SubnetConfig.from_json(text) for text in request.eval_subnets]
     if not configs:
         return []
+    rank, world = setup.rank, setup.world
     evaluators = max(1, min(world, ev.workers))
     mine = [i for i in range(len(configs)) if i % evaluators == rank] if rank < evaluators else []
     seconds = [0.0] * len(configs)
     calibration_images = [0.0] * len(configs)
     test_used = [0.0] * len(configs)
-    full_test = len(test_dataset(spec.dataset))
+    test = test_dataset(work.dataset)
     if mine:
-        calibration, _ = to_tensors(calibration_dataset(spec.dataset, ev.calibration_images))
-        test = test_dataset(spec.dataset)
+        calibration, _ = to_tensors(calibration_dataset(work.dataset, ev.calibration_images))
         test_images, test_labels = to_tensors(Subset(test, range(min(len(test), request.eval_test_images))))
-        threads = getattr(ev, "threads_per_worker", None) or ev.cpus_per_worker
-        evaluator = SubnetEvaluator(spec, state_dict, classes, calibration, test_images, test_labels, threads)
+        state = setup.net.state_dict()
+        evaluator = SubnetEvaluator(work, state, setup.num_classes, calibration, test_images, test_labels, ev.threads)
         for i in mine:
+            started = clock()
             (row,) = evaluator.evaluate([configs[i].to_dict()])
-            seconds[i] = row["eval_seconds"]
+            seconds[i] = clock() - started
             calibration_images[i] = row["calibration_images"]
             test_used[i] = row["test_images"]
-        torch.set_num_threads(max(1, spec.cluster.cpus_per_worker))
-    totals = _all_reduce(seconds + calibration_images + test_used, device)
+        torch.set_num_threads(work.threads)
+    totals = setup.all_reduce(seconds + calibration_images + test_used)
     n = len(configs)
-    space = build_space(spec)
+    space = setup.method.space
     return [
         EvalTiming(
             subnet_id=config.subnet_id,
-            macs=profile_subnet(space, config, classes).macs,
+            macs=profile_subnet(space, config, setup.num_classes).macs,
             seconds=totals[i],
             calibration_images=int(totals[n + i]),
             test_images_used=int(totals[2 * n + i]),
-            test_images=full_test,
+            test_images=len(test),
         )
         for i, config in enumerate(configs)
     ]

@@ -1,30 +1,38 @@
-"""Backends provide the Ray cluster a plan runs on.
+"""Backends, looked up by the spec's `cluster.backend`: `local` (the embedded default), `slurm` and `ray`.
 
-`local` starts a Ray cluster in this process. `slurm` and `ray` run the plan
-somewhere else (a Slurm allocation, an existing Ray cluster): `launch` sends
-it there and follows it, and the driver over there runs the same stages inside
-`attached_cluster`. Imports are lazy: the plan module uses `sbatch` from here.
+Each is a `Backend` (`orchestrator/backends/base.py`) in its own module, imported
+only when a spec names it: the Slurm and Ray-cluster backends need packages and
+connections a laptop run never touches.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+import importlib
 
-if TYPE_CHECKING:
-    from orchestrator.plan import Plan
+from orchestrator.backends.base import Backend
+from orchestrator.plan import Plan
+from orchestrator.spec import JobSpec
+
+BACKENDS: dict[str, str] = {
+    "local": "orchestrator.backends.local:LocalBackend",
+    "slurm": "orchestrator.backends.slurm:SlurmBackend",
+    "ray": "orchestrator.backends.ray_cluster:RayClusterBackend",
+}
 
 
-def backend_for(plan: Plan) -> AbstractContextManager[None]:
-    """The cluster context for running a plan's stages in this process."""
-    backend = plan.spec.cluster.backend
-    if backend == "local":
-        from orchestrator.backends.local import local_cluster
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; backends: {', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
-        return local_cluster(plan)
-    if backend in ("slurm", "ray"):
-        # Only drivers (inside the allocation, inside a Ray job, or on a cluster node) run stages for these.
-        from orchestrator.backends.attached import attached_cluster
 
-        return attached_cluster(plan)
-    raise ValueError(f"unknown backend {backend!r}")
+def backend_for(spec: JobSpec) -> Backend:
+    return backend_class(spec.cluster.backend)(spec)
+
+
+def describe_plan(plan: Plan) -> dict:
+    """The plan as `--dry-run` prints it and plan.json keeps it, with its backend's part of the cluster section."""
+    described = plan.describe()
+    described["cluster"].update(backend_for(plan.spec).describe(plan))
+    return described

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 
 import ray
 
-from orchestrator.plan import Plan
 from orchestrator.ray_env import prepare_ray_environment
 
 # Set by the Slurm job for its driver: how many nodes must have joined before training starts.
@@ -35,7 +34,7 @@ def _wait_for_nodes(expected: int, timeout: float) -> None:
 
 
 @contextmanager
-def attached_cluster(plan: Plan) -> Iterator[None]:
+def attached_cluster() -> Iterator[None]:
     prepare_ray_environment()
     on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level=logging.WARNING, log_to_driver=True)

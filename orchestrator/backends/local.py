@@ -1,83 +1,98 @@
-"""The embedded default: a local Ray cluster started by the CLI itself, bound to 127.0.0.1."""
+"""The embedded default: a Ray cluster started by `deps-orch submit` itself, on this machine, bound to 127.0.0.1.
+
+Every local cluster keeps its files in a temporary directory of its own
+(`RAY_TMPDIR`, which Ray's processes inherit): its sockets, its logs and the
+"current cluster" file through which Ray Train's own actors find the state API.
+Two runs submitted at once on one machine therefore each start and use their own
+cluster, and neither attaches to the other's.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-import ray
-
+from orchestrator.backends.base import Backend, Echo
 from orchestrator.plan import Plan
 from orchestrator.ray_env import prepare_ray_environment
+from orchestrator.runner import Submission, run_here
 
 METRICS_PORT_ENV = "DEPS_ORCH_METRICS_EXPORT_PORT"  # the local cluster's Prometheus metrics port
+EXPOSE_WARNING = (
+    "cluster.expose_dashboard: the Ray dashboard listens on all interfaces; its Jobs API runs arbitrary code "
+    "as this user for anyone who can reach the port and holds the token. Use it only on a trusted network."
+)
+
+
+class LocalBackend(Backend):
+    name = "local"
+    measures_dry_run = True
+
+    def describe(self, plan: Plan) -> dict:
+        where = "all interfaces (cluster.expose_dashboard)" if self.spec.cluster.expose_dashboard else "127.0.0.1"
+        return {"ray": f"a local cluster started by deps-orch on this machine; dashboard on {where}"}
+
+    def launch(self, submission: Submission, echo: Echo) -> int:
+        return run_here(submission, self.cluster())
+
+    def cluster(self) -> AbstractContextManager[None]:
+        return local_cluster(self.spec)
 
 
 @contextmanager
-def local_cluster(plan: Plan) -> Iterator[None]:
-    prepare_ray_environment()
-    cluster = plan.spec.cluster
-    if cluster.expose_dashboard:
-        from orchestrator.backends.launch import EXPOSE_WARNING
+def local_cluster(spec) -> Iterator[None]:
+    import ray
 
+    prepare_ray_environment()
+    cluster = spec.cluster
+    if cluster.expose_dashboard:
         print(f"deps-orch: warning: {EXPOSE_WARNING}", file=sys.stderr)
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count(),
-        num_gpus=cluster.gpus_per_worker * cluster.num_workers,
-        # The dashboard also serves the state API that Ray Train's placement-group cleaner polls.
-        include_dashboard=True,
-        dashboard_host="0.0.0.0" if cluster.expose_dashboard else "127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        # Prometheus scrapes a fixed port; Ray picks a free one unless told.
-        _metrics_export_port=int(os.environ[METRICS_PORT_ENV]) if os.environ.get(METRICS_PORT_ENV) else None,
-    )
-    # ray.init replaces SIGTERM handling (its core worker aborts the process); keep the caller's,
-    # so that a SIGTERM stops the run cleanly and leaves it resumable.
-    if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    own_dir = tempfile.mkdtemp(prefix="deps-ray-")  # short: Ray's socket paths live under it
+    previous_tmpdir = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = own_dir
     try:
-        with _current_cluster_pointer(ray.get_runtime_context().gcs_address):
-            yield
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            num_gpus=cluster.gpus_per_worker * cluster.num_workers,
+            # The dashboard also serves the state API that Ray Train's placement-group cleaner polls.
+            include_dashboard=True,
+            dashboard_host="0.0.0.0" if cluster.expose_dashboard else "127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            _temp_dir=os.path.join(own_dir, "ray"),
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            # Prometheus scrapes a fixed port; Ray picks a free one unless told.
+            _metrics_export_port=int(os.environ[METRICS_PORT_ENV]) if os.environ.get(METRICS_PORT_ENV) else None,
+        )
+        # ray.init replaces SIGTERM handling (its core worker aborts the process); keep the caller's,
+        # so that a SIGTERM stops the run cleanly and leaves it resumable.
+        if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        # Ray Train's own actors (its state actor, its placement-group cleaner) find the state API through
+        # the "current cluster" file, which only `ray start` writes: write this cluster's, in its own directory.
+        from ray._common.utils import get_ray_address_file
+
+        with open(get_ray_address_file(os.path.join(own_dir, "ray")), "w") as file:
+            file.write(ray.get_runtime_context().gcs_address)
+        yield
+        failed = False
+    except BaseException:
+        failed = True  # Ray's logs stay in the cluster's directory
+        raise
     finally:
         ray.shutdown()
-
-
-@contextmanager
-def _current_cluster_pointer(gcs_address: str) -> Iterator[None]:
-    """Point Ray's "current cluster" file at this cluster while it runs, then put back what was there.
-
-    Ray Train's own actors (its state actor, its placement-group cleaner) find the
-    state API through that file, which only `ray start` writes. A file left behind
-    by an earlier `ray start` whose cluster is gone makes each of their calls wait
-    for a GCS that never answers: tens of seconds at the end of every training job.
-    """
-    from ray._common.utils import get_ray_address_file
-
-    path = get_ray_address_file(None)
-    try:
-        with open(path) as file:
-            previous: str | None = file.read()
-    except OSError:
-        previous = None
-    with open(path, "w") as file:
-        file.write(gcs_address)
-    try:
-        yield
-    finally:
-        try:
-            if previous is None:
-                os.remove(path)
-            else:
-                with open(path, "w") as file:
-                    file.write(previous)
-        except OSError:
-            pass
+        if previous_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = previous_tmpdir
+        if not failed:
+            shutil.rmtree(own_dir, ignore_errors=True)

@@ -27,7 +27,10 @@ from pathlib import Path
 from orchestrator.errors import UserError
 from orchestrator.reports.cost_report import run_costs
 from orchestrator.reports.pareto import Point, best_per_bucket, mean_pareto_accuracy
-from orchestrator.storage.dataset import group_of, groups, is_run_dir, read_run_table, runs_in_group
+from orchestrator.storage.dataset import read_run_table
+from orchestrator.storage.discovery import group_of, groups, runs_in_group
+from orchestrator.storage.discovery import resolve_runs as resolve_names
+from workers.rundir.plan_record import PlanRecord
 from workers.selection import FlopBuckets
 
 FORMATS = ("markdown", "csv", "json")
@@ -60,30 +63,19 @@ class Comparison:
         return (self.buckets.lo / 1e6, self.buckets.hi / 1e6) if self.buckets else None
 
 
-def _plan(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "plan.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def load_run(run_dir: Path) -> RunResults:
-    plan = _plan(run_dir)
+    plan = PlanRecord.read(run_dir)
     subnets = read_run_table(run_dir, "subnets", ["subnet_id", "macs", "top1"]).to_pylist()
-    space, dataset = plan.get("space", {}), plan.get("dataset", {})
-    mac_range = None
-    if isinstance(space.get("smallest_macs"), int) and isinstance(space.get("largest_macs"), int):
-        mac_range = (space["smallest_macs"], space["largest_macs"])
     costs = run_costs(run_dir)
     return RunResults(
         name=costs["run"],
         run_dir=run_dir,
-        method=costs["method"] or (plan.get("method") or {}).get("name"),
+        method=costs["method"] or (plan.method if plan is not None else None),
         group=group_of(run_dir),
         costs=costs,
         points=[Point(r["macs"], r["top1"], r["subnet_id"]) for r in subnets],
-        mac_range=mac_range,
-        num_classes=dataset.get("classes"),
+        mac_range=plan.mac_range if plan is not None else None,
+        num_classes=plan.num_classes if plan is not None else None,
     )
 
 
@@ -100,15 +92,7 @@ def resolve_runs(runs: Sequence[str], group: str | None, root: Path) -> list[Pat
                 f"({'comparisons there: ' + ', '.join(known) if known else 'no run there records a comparison group'})"
             )
         return found
-    dirs: list[Path] = []
-    for name in runs:
-        path = Path(name)
-        found = next((c for c in (path, root / name) if is_run_dir(c)), None)
-        if found is None:
-            raise UserError(f"{name}: no run there (looked for results in {path} and {root / name})")
-        if found.resolve() not in [d.resolve() for d in dirs]:
-            dirs.append(found)
-    return dirs
+    return resolve_names(list(runs), root)
 
 
 def _own_range(run: RunResults) -> tuple[int, int] | None:

@@ -5,16 +5,15 @@ The columns follow Table 2 of the DepS paper.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.compute as pc
 
-from orchestrator.errors import UserError
-from orchestrator.forecast import load_forecast
 from orchestrator.reports.table import Column
-from orchestrator.state import RunState, read_state
-from orchestrator.storage.run_store import RunStore
+from orchestrator.storage.discovery import discover_runs, resolve_runs
+from workers.rundir.forecast import load_forecast
+from workers.rundir.state import RunState, read_state
+from workers.rundir.tables import RunStore
 
 COLUMNS = [
     Column("run", "run"),
@@ -41,41 +40,9 @@ COLUMNS = [
 ]
 
 
-def _has_results(run_dir: Path) -> bool:
-    """Whether the run has spent anything: trained epochs, evaluated subnets, or work lost."""
-    return any((run_dir / name).exists() for name in ("epochs.parquet", "subnets.parquet", "lost.parquet"))
-
-
-def group_run_dirs(group: str, root: Path) -> list[Path]:
-    """The runs under `root` whose plan names `group` as their comparison, in the order they were submitted."""
-    found = []
-    for plan_path in sorted(root.glob("*/plan.json")):
-        try:
-            plan = json.loads(plan_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if plan.get("group") == group and _has_results(plan_path.parent):
-            found.append((plan_path.stat().st_mtime_ns, plan_path.parent))  # submit writes them in spec order
-    return [run_dir for _, run_dir in sorted(found, key=lambda item: item[0])]
-
-
 def resolve_run_dirs(name_or_path: str, root: Path) -> list[Path]:
     """A run directory, a run name under root, or a comparison name (all its runs)."""
-    path = Path(name_or_path)
-    for candidate in (path, root / name_or_path):
-        if _has_results(candidate):
-            return [candidate]
-    grouped = group_run_dirs(name_or_path, root)
-    if grouped:
-        return grouped
-    raise UserError(
-        f"{name_or_path}: no run there (no epochs, subnets or lost-work Parquet files in {path} or "
-        f"{root / name_or_path}) and no comparison of that name under {root}"
-    )
-
-
-def resolve_run_dir(name_or_path: str, root: Path) -> Path:
-    return resolve_run_dirs(name_or_path, root)[0]
+    return resolve_runs([name_or_path], root)
 
 
 def _sum(table, column: str) -> float:
@@ -130,7 +97,7 @@ def forecast_columns(run_dir: Path, actual_device_hours: float) -> dict:
     forecast = load_forecast(run_dir)
     if forecast is None:
         return {}
-    state = read_state(RunStore(run_dir).state_path)
+    state = read_state(run_dir)
     done = state is not None and state.state is RunState.SUCCEEDED and forecast.total_device_hours > 0
     error = 100.0 * (actual_device_hours / forecast.total_device_hours - 1.0) if done else None
     return {
@@ -141,4 +108,6 @@ def forecast_columns(run_dir: Path, actual_device_hours: float) -> dict:
 
 
 def cost_report(runs: list[str], root: Path) -> list[dict]:
-    return [run_costs(run_dir) for name in runs for run_dir in resolve_run_dirs(name, root)]
+    """Runs, run directories or comparisons by name; with none, every run under the storage root."""
+    dirs = resolve_runs(runs, root) if runs else [r.path for r in discover_runs(root)]
+    return [run_costs(run_dir) for run_dir in dirs]

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
-from torchvision import datasets, transforms
 
-if TYPE_CHECKING:
-    from orchestrator.spec import DatasetSpec
+from workers.data.spec import DatasetSpec
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 SUBSET_SEED = 0  # fixed, so a subset names the same images in every run
 
@@ -33,24 +28,6 @@ class DatasetInfo:
     num_classes: int
     train_size: int
     test_size: int
-
-
-def _existence_only(files: list[list[str]]) -> list[list]:
-    return [[name, None] for name, _ in files]
-
-
-class _LocalCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader; files are checked to exist, not against the md5 of the official release."""
-
-    train_list = _existence_only(datasets.CIFAR10.train_list)
-    test_list = _existence_only(datasets.CIFAR10.test_list)
-    meta = {**datasets.CIFAR10.meta, "md5": None}
-
-
-class _LocalCIFAR100(datasets.CIFAR100):
-    train_list = _existence_only(datasets.CIFAR100.train_list)
-    test_list = _existence_only(datasets.CIFAR100.test_list)
-    meta = {**datasets.CIFAR100.meta, "md5": None}
 
 
 def _digits(train: bool, resolution: int) -> TensorDataset:
@@ -67,47 +44,29 @@ def _digits(train: bool, resolution: int) -> TensorDataset:
     return TensorDataset(x, labels[idx])
 
 
-def _cifar_transform(train: bool, resolution: int, auto_augment: bool) -> transforms.Compose:
-    steps: list = []
-    if train:
-        steps += [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-        if auto_augment:
-            steps.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10))
-    if resolution != 32:
-        steps.append(transforms.Resize(resolution))
-    return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
-
-
-def _imagenet_transform(train: bool, resolution: int, auto_augment: bool) -> transforms.Compose:
-    if train:
-        steps: list = [transforms.RandomResizedCrop(resolution), transforms.RandomHorizontalFlip()]
-        if auto_augment:
-            steps.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET))
-    else:
-        steps = [transforms.Resize(int(round(resolution / 0.875))), transforms.CenterCrop(resolution)]
-    return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
 def _load(spec: DatasetSpec, train: bool, augment: bool) -> Dataset:
     if spec.name == "digits":
         return _digits(train, spec.resolution)
+    # torchvision takes seconds to import, in the controller and in every worker: only when it reads the data.
+    from workers.data.disk_formats import LocalCIFAR10, LocalCIFAR100, cifar_transform, image_folder, imagenet_transform
+
     root = Path(spec.root).expanduser()
     if spec.name in CIFAR_FOLDERS:
-        cls = _LocalCIFAR10 if spec.name == "cifar10" else _LocalCIFAR100
+        cls = LocalCIFAR10 if spec.name == "cifar10" else LocalCIFAR100
         if not (root / CIFAR_FOLDERS[spec.name]).is_dir():
             raise DatasetNotFound(
                 f"dataset.root: {root} has no {CIFAR_FOLDERS[spec.name]}/ (the python-pickle {spec.name} format)"
             )
         try:
-            return cls(str(root), train=train, transform=_cifar_transform(augment, spec.resolution, spec.auto_augment))
+            return cls(str(root), train=train, transform=cifar_transform(augment, spec.resolution, spec.auto_augment))
         except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
             raise DatasetNotFound(f"dataset.root: {root}/{CIFAR_FOLDERS[spec.name]}: {error}") from None
     split = root / ("train" if train else "val")
     if not split.is_dir():
         raise DatasetNotFound(f"dataset.root: {root} has no {split.name}/ folder (layout: <split>/<class>/<image>)")
-    transform = _imagenet_transform(augment, spec.resolution, spec.auto_augment)
+    transform = imagenet_transform(augment, spec.resolution, spec.auto_augment)
     try:
-        return datasets.ImageFolder(str(split), transform=transform)
+        return image_folder(split, transform)
     except (FileNotFoundError, RuntimeError) as error:
         raise DatasetNotFound(f"dataset.root: {split}: {error}") from None
 
@@ -140,7 +99,7 @@ def num_classes(spec: DatasetSpec) -> int:
         return 10
     if spec.name == "cifar100":
         return 100
-    return len(_load(spec, train=True, augment=False).classes)
+    return len(_load(spec, train=True, augment=False).classes)  # type: ignore[attr-defined]
 
 
 def describe(spec: DatasetSpec) -> DatasetInfo:

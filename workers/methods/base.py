@@ -69,7 +69,8 @@ class Stage:
     def describe(self) -> dict:
         return {
             "stage": self.name,
-            "epochs": f"{self.first_epoch}-{self.end_epoch - 1}",
+            "first_epoch": self.first_epoch,
+            "last_epoch": self.end_epoch - 1,
             "subnets_per_step": self.subnets_per_step,
             "lr": "optimizer" if self.lr is None else f"{self.lr:g} per {self.lr_batch} images",
             "warmup_epochs": "optimizer" if self.warmup_epochs is None else self.warmup_epochs,

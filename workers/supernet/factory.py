@@ -1,17 +1,56 @@
-"""Building the search space and supernet a job spec describes."""
+"""The `space` section of a job spec, and building the search space and supernet it describes."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
+from pydantic import Field, field_validator
+
+from workers.data.spec import DatasetSpec
+from workers.sections import Section
 from workers.supernet.space import SPACES, SearchSpace
 from workers.supernet.supernet import ElasticSupernet
 
-if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
+
+class SpaceSpec(Section):
+    name: Literal["ofa_mobilenetv3", "ofa_proxyless"] = "ofa_mobilenetv3"
+    kernel_choices: tuple[Literal[3, 5, 7], ...] = (3, 5, 7)
+    expand_choices: tuple[float, ...] = (3, 4, 6)
+    depth_choices: tuple[Literal[1, 2, 3, 4], ...] = (2, 3, 4)
+    width_mult: float = Field(1.0, gt=0.0, le=4.0)
+    cifar_variant: bool = False
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    bn_momentum: float = Field(0.01, gt=0.0, le=1.0)
+    kernel_transforms: bool = Field(False, description="OFA's learned 7->5->3 kernel-transform matrices")
+
+    @field_validator("kernel_choices", "expand_choices", "depth_choices")
+    @classmethod
+    def _non_empty_unique(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("needs at least one choice")
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeated choice in {list(value)}")
+        return tuple(sorted(value))
+
+    @field_validator("expand_choices")
+    @classmethod
+    def _positive_expand(cls, value: tuple) -> tuple:
+        if any(e <= 0 for e in value):
+            raise ValueError("expand ratios must be positive")
+        return value
 
 
-def build_space(spec: JobSpec) -> SearchSpace:
+class DescribesSupernet(Protocol):
+    """A spec with a `space` section and a `dataset` (whose resolution the space serves)."""
+
+    @property
+    def space(self) -> SpaceSpec: ...
+
+    @property
+    def dataset(self) -> DatasetSpec: ...
+
+
+def build_space(spec: DescribesSupernet) -> SearchSpace:
     s = spec.space
     return SPACES[s.name](
         width_mult=s.width_mult,
@@ -24,5 +63,5 @@ def build_space(spec: JobSpec) -> SearchSpace:
     )
 
 
-def build_supernet(spec: JobSpec, space: SearchSpace, num_classes: int) -> ElasticSupernet:
+def build_supernet(spec: DescribesSupernet, space: SearchSpace, num_classes: int) -> ElasticSupernet:
     return ElasticSupernet(space, num_classes, dropout=spec.space.dropout, bn_momentum=spec.space.bn_momentum)

@@ -1,4 +1,4 @@
-"""The result tables, declared as column lists."""
+"""The ledger and result tables of a run, declared as column lists, with the key each is upserted by."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ EPOCH_COLUMNS = [
     pa.field("loss", pa.float64(), nullable=False),
     pa.field("subnet_loss", pa.float64()),
     pa.field("lr", pa.float64(), nullable=False),
-    pa.field("epsilon", pa.float64()),
+    # the method's own per-epoch values at the epoch's last step, by name (DepS: epsilon)
+    pa.field("scalars", pa.map_(pa.string(), pa.float64())),
     pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
 ]
 EPOCH_SCHEMA = pa.schema(EPOCH_COLUMNS)
@@ -96,7 +97,7 @@ GRADIENT_COLUMNS = [
 GRADIENT_SCHEMA = pa.schema(GRADIENT_COLUMNS)
 GRADIENT_KEY = ("run", "epoch", "layer_index", "gradient")
 
-# Work paid for but lost: an attempt that died mid-epoch (orchestrator/cost/attempts.py), one row per attempt.
+# Work paid for but lost: an attempt that died mid-epoch (workers/rundir/attempts.py), one row per attempt.
 LOST_COLUMNS = [
     pa.field("run", pa.string(), nullable=False),
     pa.field("method", pa.string(), nullable=False),

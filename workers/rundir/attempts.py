@@ -1,12 +1,13 @@
 """Each training attempt's marker, and the device-hours lost when an attempt dies mid-epoch.
 
 Rank 0 of every attempt (a Ray Train worker group; a restart, a resubmission or
-a requeued Slurm job starts a new one) keeps `<run_dir>/attempts/<n>.json`: when
-it started, when its last epoch ended (that epoch's checkpoint and ledger row
-exist then), the epoch in flight, and a heartbeat written at most every
-HEARTBEAT_SECONDS while it trains. An attempt that reaches the end of its loop
-marks itself finished; one the budget stops in the middle of an epoch charges
-that epoch as lost work itself, then marks itself finished.
+a requeued Slurm job starts a new one) keeps a marker file: when it started, when
+its last epoch ended (that epoch's checkpoint and ledger row exist then), the
+epoch in flight, and a heartbeat written at most every HEARTBEAT_SECONDS while it
+trains, by a background thread, so a slow shared filesystem never stalls a step.
+An attempt that reaches the end of its loop marks itself finished; one the budget
+stops in the middle of an epoch charges that epoch as lost work itself, then
+marks itself finished.
 
 When the next attempt starts, the markers of earlier attempts that never
 finished tell what was paid for and lost: the time from an attempt's last
@@ -19,18 +20,17 @@ cluster spends starting outside the training loop are not counted.
 
 from __future__ import annotations
 
-import json
-import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.cost.pricing import price_usage
-from orchestrator.storage.run_store import RunStore
+from workers.rundir.layout import RunDir, as_run_dir
+from workers.rundir.pricing import Usage
+from workers.rundir.tables import RunStore
 
 HEARTBEAT_SECONDS = 2.0
-ATTEMPTS_DIR = "attempts"
 
 
 @dataclass
@@ -54,7 +54,7 @@ class AttemptMarker:
         return max(0.0, self.heartbeat_at - (self.last_epoch_end or self.started_at))
 
     def lost_row(self, detected_by: int) -> dict:
-        usage = price_usage(self.lost_seconds, self.devices, self.price_per_device_hour)
+        usage = Usage.of(self.lost_seconds, self.devices, self.price_per_device_hour)
         return {
             "run": self.run,
             "method": self.method,
@@ -79,16 +79,24 @@ def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
 
-def marker_path(run_dir: Path, attempt: int) -> Path:
-    return run_dir / ATTEMPTS_DIR / f"{attempt}.json"
+def next_attempt(run_dir: Path | RunDir) -> int:
+    """This attempt's number (0, 1, ...), counted in the run directory."""
+    files = as_run_dir(run_dir)
+    data = files.read_json(files.attempt_counter)
+    attempt = int(data["attempts"]) if isinstance(data, dict) and "attempts" in data else 0
+    files.write_json(files.attempt_counter, {"attempts": attempt + 1})
+    return attempt
 
 
-def read_markers(run_dir: Path) -> list[AttemptMarker]:
+def read_markers(run_dir: Path | RunDir) -> list[AttemptMarker]:
+    files = as_run_dir(run_dir)
     markers = []
-    for path in sorted((run_dir / ATTEMPTS_DIR).glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
+    paths = sorted(files.attempts.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+    for path in paths:
+        data = files.read_json(path)
         try:
-            markers.append(AttemptMarker(**json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):
+            markers.append(AttemptMarker(**data))
+        except TypeError:
             continue  # a marker cut short by a crash: nothing reliable to charge
     return markers
 
@@ -96,14 +104,18 @@ def read_markers(run_dir: Path) -> list[AttemptMarker]:
 class AttemptLog:
     """Rank 0's view of its own attempt: the marker it keeps up to date."""
 
-    def __init__(self, run_dir: Path, marker: AttemptMarker) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path | RunDir, marker: AttemptMarker) -> None:
+        self.files = as_run_dir(run_dir)
         self.marker = marker
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._beat, name="attempt-heartbeat", daemon=True)
 
     @classmethod
     def begin(
         cls,
-        run_dir: Path,
+        run_dir: Path | RunDir,
         attempt: int,
         started_at: float,
         *,
@@ -121,41 +133,49 @@ class AttemptLog:
         )
         log = cls(run_dir, marker)
         log._write()
+        log._writer.start()
         return log
 
     def heartbeat(self, epoch: int) -> None:
+        """A step of `epoch` is done; the background writer records it within HEARTBEAT_SECONDS."""
         now = time.time()
-        first = self.marker.first_step_at is None
-        if first:
-            self.marker.first_step_at = now
-        if first or epoch != self.marker.epoch or now - self.marker.heartbeat_at >= HEARTBEAT_SECONDS:
+        with self._lock:
+            if self.marker.first_step_at is None:
+                self.marker.first_step_at = now
             self.marker.epoch, self.marker.heartbeat_at = epoch, now
-            self._write()
+            self._dirty = True
 
     def epoch_done(self, epoch: int) -> None:
         now = time.time()
-        self.marker.epoch, self.marker.last_epoch_end, self.marker.heartbeat_at = epoch, now, now
+        with self._lock:
+            self.marker.epoch, self.marker.last_epoch_end, self.marker.heartbeat_at = epoch, now, now
         self._write()
 
     def abandon_epoch(self, epoch: int) -> None:
         """This attempt stops in the middle of `epoch` on purpose: charge the epoch so far as lost work now."""
-        self.marker.epoch, self.marker.heartbeat_at = epoch, time.time()
-        RunStore(self.run_dir).record_lost([self.marker.lost_row(self.marker.attempt)])
+        with self._lock:
+            self.marker.epoch, self.marker.heartbeat_at = epoch, time.time()
+        RunStore(self.files).record_lost([self.marker.lost_row(self.marker.attempt)])
         self.finish()
 
     def finish(self) -> None:
-        self.marker.finished, self.marker.heartbeat_at = True, time.time()
+        with self._lock:
+            self.marker.finished, self.marker.heartbeat_at = True, time.time()
+        self._stop.set()
         self._write()
 
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            if self._dirty:
+                self._write()
+
     def _write(self) -> None:
-        path = marker_path(self.run_dir, self.marker.attempt)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.marker)))
-        os.replace(tmp, path)
+        with self._lock:
+            data, self._dirty = asdict(self.marker), False
+        self.files.write_json(self.files.attempt_marker(self.marker.attempt), data)
 
 
-def record_lost_attempts(run_dir: Path, current_attempt: int) -> list[dict]:
+def record_lost_attempts(run_dir: Path | RunDir, current_attempt: int) -> list[dict]:
     """Write a lost-work row for every earlier attempt that did not finish and has none yet; returns the new rows."""
     store = RunStore(run_dir)
     charged = {row["attempt"] for row in store.lost().select(["attempt"]).to_pylist()}

@@ -1,25 +1,26 @@
-"""The budget check: would the ledger plus the next piece of work pass `budget.max_dollars` or `max_device_hours`?
+"""The budget: limits on a run's spend, and the check of whether the next piece of work still fits under them.
 
 The next epoch's cost is the cautious estimate of `EpochCostEstimator`: the
 slowest of the phase's last epochs, or the forecast scaled by how far the
 measured epochs strayed from it, whichever is larger; plus a set-up when the
 epoch starts a new training job, and half a step for the margin the step guard
 keeps (`workers/epoch_guard.py`), so an epoch that keeps to its estimate is not
-stopped at its last step. Evaluation is checked against its forecast
-before it starts. The same function decides for the workers (at each epoch end)
-and for the controller (before training and before evaluation), so the answer
-does not depend on who asks.
+stopped at its last step. Evaluation is checked against its forecast before it
+starts. The same functions decide for the workers (at each epoch end) and for
+the controller (before training and before evaluation), so the answer does not
+depend on who asks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from orchestrator.forecast import EpochCostEstimator, Spend, ledger_rows, ledger_spend, load_forecast
+from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from orchestrator.spec import BudgetSpec
+from workers.rundir.estimator import EpochCostEstimator, ledger_rows, ledger_spend
+from workers.rundir.forecast import load_forecast
+from workers.rundir.layout import RunDir
+from workers.rundir.pricing import Usage
 
 # The slowest step seen so far is not the slowest there will be: the subnets drawn change every
 # step (a sandwich step with a large random subnet costs up to twice one with a small one) and a
@@ -27,7 +28,20 @@ if TYPE_CHECKING:
 STEP_MARGIN = 1.5
 
 
-def budget_verdict(budget: BudgetSpec, spent: Spend, coming: Spend, what: str) -> str | None:
+class BudgetSpec(BaseModel):
+    """Limits on a run's spend (training and evaluation); the run stops cleanly before it would pass them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_dollars: float | None = Field(None, gt=0.0)
+    max_device_hours: float | None = Field(None, gt=0.0, description="GPU-hours, or vCPU-hours for CPU runs")
+
+    @property
+    def limited(self) -> bool:
+        return self.max_dollars is not None or self.max_device_hours is not None
+
+
+def budget_verdict(budget: BudgetSpec, spent: Usage, coming: Usage, what: str) -> str | None:
     """Why `coming` must not start (one line), or None if the budget allows it."""
     if budget.max_dollars is not None and spent.dollars + coming.dollars > budget.max_dollars:
         return (
@@ -42,8 +56,18 @@ def budget_verdict(budget: BudgetSpec, spent: Spend, coming: Spend, what: str) -
     return None
 
 
-def check_epoch(budget: BudgetSpec, run_dir: Path, epoch: int, phase: str, new_job: bool) -> str | None:
-    """May epoch `epoch` (of `phase`) start? `new_job`: it starts a training job, which pays its set-up first."""
+def check_epoch(
+    budget: BudgetSpec,
+    run_dir: Path | RunDir,
+    epoch: int,
+    phase: str,
+    new_job: bool,
+    in_flight: Usage | None = None,
+) -> str | None:
+    """May epoch `epoch` (of `phase`) start? `new_job`: it starts a training job, which pays its set-up first.
+
+    `in_flight`: what has been spent and is not in the ledger yet (a job's set-up before its first epoch).
+    """
     if not budget.limited:
         return None
     epochs, subnets, lost = ledger_rows(run_dir)
@@ -54,15 +78,15 @@ def check_epoch(budget: BudgetSpec, run_dir: Path, epoch: int, phase: str, new_j
         seconds += (STEP_MARGIN - 1) * seconds / steps
     if new_job:
         seconds += estimator.setup_seconds
-    spent = ledger_spend(epochs, subnets, lost)
+    spent = ledger_spend(epochs, subnets, lost) + (in_flight or Usage())
     return budget_verdict(budget, spent, estimator.cost(seconds), f"epoch {epoch + 1} ({phase})")
 
 
-def check_evaluation(budget: BudgetSpec, run_dir: Path, subnets_left: int) -> str | None:
+def check_evaluation(budget: BudgetSpec, run_dir: Path | RunDir, subnets_left: int) -> str | None:
     """May the evaluation of `subnets_left` subnets start?"""
     forecast = load_forecast(run_dir)
     if not budget.limited or forecast is None or subnets_left == 0 or forecast.eval_subnets == 0:
         return None
     seconds = forecast.eval_seconds * subnets_left / forecast.eval_subnets
-    coming = Spend.of(seconds, forecast.eval_devices, forecast.eval_price_per_device_hour)
+    coming = Usage.of(seconds, forecast.eval_devices, forecast.eval_price_per_device_hour)
     return budget_verdict(budget, ledger_spend(*ledger_rows(run_dir)), coming, f"evaluating {subnets_left} subnets")

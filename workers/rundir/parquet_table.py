@@ -18,6 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers.rundir.layout import shareable
+
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
@@ -37,6 +39,7 @@ def write_atomic(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

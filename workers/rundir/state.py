@@ -1,23 +1,22 @@
-"""The run's state, kept in <run_dir>/state.json.
+"""The run's state, kept in `<run_dir>/state.json`; every change is also a line of the run's log.
 
 Besides the state and its reason, the record says which controller owns the run
 (process id and host, while it runs) and how long the run has been running over
 all its submissions, so `deps-orch status` can show elapsed time, spot a
 controller that died without updating the file, and `deps-orch cancel` can reach
-the controller.
+the controller. `write_state` is the one place a state changes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-LOG_FILE = "run.log"  # beside state.json: every state change is appended to the run's log
+from workers.rundir.layout import RunDir, as_run_dir
 
 
 class RunState(str, Enum):
@@ -79,35 +78,26 @@ class StateRecord:
             return True
         return True
 
+    def to_dict(self) -> dict:
+        return {**asdict(self), "state": self.state.value}
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _write(path: Path, record: StateRecord, previous: StateRecord | None) -> None:
-    data = {
-        "state": record.state.value,
-        "reason": record.reason,
-        "updated_at": record.updated_at,
-        "started_at": record.started_at,
-        "elapsed_before": record.elapsed_before,
-        "pid": record.pid,
-        "host": record.host,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+def _write(files: RunDir, record: StateRecord, previous: StateRecord | None) -> None:
+    files.write_json(files.state, record.to_dict())
     if previous is not None and (previous.state, previous.reason) == (record.state, record.reason):
         return
-    stamp = datetime.fromisoformat(record.updated_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(path.parent / LOG_FILE, "a") as log:
-        log.write(f"{stamp} state {record.state.value}{': ' + record.reason if record.reason else ''}\n")
+    reason = f": {record.reason}" if record.reason else ""
+    files.append_log(f"state {record.state.value}{reason}", datetime.fromisoformat(record.updated_at))
 
 
-def begin_submission(path: Path) -> StateRecord:
+def begin_submission(run_dir: Path | RunDir) -> StateRecord:
     """The calling process takes the run over: PENDING, with its pid and host and a fresh start time."""
-    previous = read_state(path)
+    files = as_run_dir(run_dir)
+    previous = read_state(files)
     now = _now()
     elapsed = 0.0
     if previous is not None:
@@ -117,13 +107,14 @@ def begin_submission(path: Path) -> StateRecord:
     record = StateRecord(
         RunState.PENDING, "", now.isoformat(), now.isoformat(), elapsed, os.getpid(), socket.gethostname()
     )
-    _write(path, record, previous)
+    _write(files, record, previous)
     return record
 
 
-def write_state(path: Path, state: RunState, reason: str = "") -> None:
+def write_state(run_dir: Path | RunDir, state: RunState, reason: str = "") -> None:
     """Record a new state. A terminal state closes the submission: its time is added to the elapsed total."""
-    previous = read_state(path)
+    files = as_run_dir(run_dir)
+    previous = read_state(files)
     now = _now()
     started = previous.started_at if previous is not None else None
     elapsed = previous.elapsed_before if previous is not None else 0.0
@@ -133,13 +124,14 @@ def write_state(path: Path, state: RunState, reason: str = "") -> None:
         if previous is not None:
             elapsed = previous.elapsed_seconds(now)
         started, pid, host = None, None, None
-    _write(path, StateRecord(state, reason, now.isoformat(), started, elapsed, pid, host), previous)
+    _write(files, StateRecord(state, reason, now.isoformat(), started, elapsed, pid, host), previous)
 
 
-def read_state(path: Path) -> StateRecord | None:
-    if not path.exists():
+def read_state(run_dir: Path | RunDir) -> StateRecord | None:
+    files = as_run_dir(run_dir)
+    data = files.read_json(files.state)
+    if not isinstance(data, dict) or "state" not in data:
         return None
-    data = json.loads(path.read_text())
     return StateRecord(
         RunState(data["state"]),
         data.get("reason", ""),

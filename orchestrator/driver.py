@@ -1,12 +1,13 @@
 """The driver of a run that `deps-orch submit` sent to a cluster: it runs the stages there.
 
 Started by the Slurm job on the allocation's first node, or as the entry point
-of a Ray job. It does what `deps-orch submit` does on a laptop, except that its
-cluster runs already: `backend_for` attaches to it (RAY_ADDRESS, or `auto`).
-Exit codes are the CLI's: 0 done, 1 failed, 2 a user error, 130 interrupted.
+of a Ray job. It does what `deps-orch submit` does on a laptop (the same
+`orchestrator.submission.submit`), except that its cluster runs already: the
+backend attaches to it (RAY_ADDRESS, or `auto`). Exit codes are the CLI's:
+0 done, 1 failed, 2 a user error, 3 stopped by its budget, 130 interrupted.
 
-    python -m orchestrator.backends.driver SPEC.json
-    python -m orchestrator.backends.driver --json '{"run": ...}'
+    python -m orchestrator.driver SPEC.json
+    python -m orchestrator.driver --json '{"run": ...}'
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     prepare_ray_environment()  # before anything imports ray
     signal.signal(signal.SIGTERM, _interrupt)
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.backends.driver")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.driver")
     parser.add_argument("spec", nargs="?", help="the spec as JSON (absolute paths), as the submitting side saved it")
     parser.add_argument("--json", help="the spec itself, as JSON")
     args = parser.parse_args(argv)
@@ -40,13 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         with handle:
             handle.write(args.json)
         spec_path = Path(handle.name)
-    from orchestrator.cli import _submit
+    from orchestrator.submission import submit
 
-    submit_args = argparse.Namespace(
-        spec=str(spec_path), overrides=[], dry_run=False, no_forecast=True, detach=False, inside_cluster=True
-    )
     try:
-        return _submit(submit_args)
+        return submit(spec_path, here=True)
     except UserError as error:
         print(f"deps-orch: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,123 @@
+"""Running a submission's runs in this process, on a cluster a backend provides, and saying how they went.
+
+One run, or the runs of a `methods:` comparison one after another on the same
+cluster (a failed run does not stop the others). Each prints its progress lines,
+its outcome and the cost table; library output goes to the run's log.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass
+
+from orchestrator.console import QuietConsole
+from orchestrator.controller import RunFailed, RunOutcome, announce, execute
+from orchestrator.plan import Plan
+from orchestrator.reports.cost_report import COLUMNS, run_costs
+from orchestrator.reports.table import render
+from orchestrator.spec import JobSpec
+from workers.rundir.state import RunState, read_state
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One `deps-orch submit`: the spec as given (one run, or a `methods:` comparison) and the plan of each run."""
+
+    spec: JobSpec
+    plans: list[Plan]
+    label: str  # how the user named the spec (its file), for messages that say how to resubmit
+    detach: bool = False
+    verbose: bool = False  # library warnings and Ray's log lines on the console as well as in run.log
+
+    @property
+    def name(self) -> str:
+        """The comparison's name for a `methods:` spec, else the run's."""
+        return self.plans[0].spec.group or self.spec.run
+
+
+# Exit codes of `deps-orch submit` for runs that stopped on purpose.
+STOPPED_EXIT = {RunState.BUDGET_EXHAUSTED: 3, RunState.CANCELLED: 130}
+
+
+def run_here(submission: Submission, cluster: AbstractContextManager) -> int:
+    """Run every plan of the submission on `cluster`; returns the exit code of `deps-orch submit`."""
+    plans = submission.plans
+    for plan in plans:
+        announce(plan)
+    console = QuietConsole(plans[0].files, submission.verbose)
+    with console:
+        if submission.spec.methods is None:
+            return _one(submission, cluster, console)
+        return _comparison(submission, cluster, console)
+
+
+def _one(submission: Submission, cluster: AbstractContextManager, console: QuietConsole) -> int:
+    (plan,) = submission.plans
+    started = time.time()
+    try:
+        outcome = execute(plan, cluster, console.echo)
+    except RunFailed as error:
+        console.error(f"deps-orch: error: {error}")
+        return 1
+    except KeyboardInterrupt:
+        record = read_state(plan.files)
+        how = "cancelled" if record is not None and record.state is RunState.CANCELLED else "interrupted"
+        console.error(
+            f"deps-orch: {how}; submit {submission.label} again to resume {plan.spec.run} from its last checkpoint"
+        )
+        return 130
+    _report(outcome, plan.spec.run, submission.label, time.time() - started, [plan.run_dir], console)
+    return 0 if outcome.state is RunState.SUCCEEDED else STOPPED_EXIT.get(outcome.state, 1)
+
+
+def _report(outcome: RunOutcome, run: str, label: str, seconds: float, run_dirs: list, console: QuietConsole) -> None:
+    if outcome.state is RunState.SUCCEEDED:
+        console.echo(
+            f"[{run}] {outcome.state.value} in {seconds:.1f}s; "
+            f"{outcome.subnets_written} subnets evaluated; results in {run_dirs[0]}"
+        )
+    else:
+        console.echo(
+            f"[{run}] {outcome.state.value} in {seconds:.1f}s: {outcome.reason}; "
+            f"submit {label} again (with a larger budget) to resume from its last checkpoint"
+        )
+    console.echo(render(COLUMNS, [run_costs(d) for d in run_dirs]))
+
+
+def _comparison(submission: Submission, cluster: AbstractContextManager, console: QuietConsole) -> int:
+    """One run per method, one after another on one cluster, then their costs side by side."""
+    plans, name = submission.plans, submission.name
+    console.echo(f"[{name}] comparing {', '.join(p.spec.run for p in plans)}")
+    started = time.time()
+    outcomes: list[RunOutcome | RunFailed] = []
+    try:
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(cluster)
+            except Exception as error:
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                console.error(f"deps-orch: error: comparison {name}: the cluster did not start: {first_line}")
+                return 1
+            for plan in plans:
+                console.target = plan.files
+                try:
+                    outcomes.append(execute(plan, nullcontext(), console.echo))
+                except RunFailed as failure:
+                    console.echo(str(failure))
+                    outcomes.append(failure)
+    except KeyboardInterrupt:
+        console.error(
+            f"deps-orch: interrupted; submit {submission.label} again to resume {name}: finished runs are kept, "
+            "the interrupted one resumes from its last checkpoint"
+        )
+        return 130
+    failed = [o for o in outcomes if isinstance(o, RunFailed)]
+    console.echo(
+        f"[{name}] {len(outcomes) - len(failed)} of {len(outcomes)} runs succeeded in {time.time() - started:.1f}s; "
+        f"results in {plans[0].run_dir.parent}"
+    )
+    console.echo(render(COLUMNS, [run_costs(p.run_dir) for p in plans if p.run_dir.exists()]))
+    for failure in failed:
+        console.error(f"deps-orch: error: {failure}")
+    return 1 if failed else 0

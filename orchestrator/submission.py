@@ -1,0 +1,61 @@
+"""`deps-orch submit`, as a function: the CLI and the driver a backend starts elsewhere both call it.
+
+It validates the spec, makes one plan per run, and then prints the plan with its
+forecast (`dry_run`), or hands the submission to the spec's backend, which runs
+it here or sends it to a cluster and follows it. A driver already inside the
+cluster (`here`) runs the stages in its own process on the backend's cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from orchestrator.backends import backend_for, describe_plan
+from orchestrator.console import QuietConsole
+from orchestrator.plan import make_plan
+from orchestrator.profile_job import dry_run_forecasts
+from orchestrator.runner import Submission, run_here
+from orchestrator.spec_file import load_spec
+
+
+def submit(
+    spec_path: str | Path,
+    overrides: list[str] = (),
+    *,
+    dry_run: bool = False,
+    no_forecast: bool = False,
+    detach: bool = False,
+    verbose: bool = False,
+    here: bool = False,
+) -> int:
+    """Returns the exit code: 0 succeeded, 1 failed, 3 stopped by its budget, 130 interrupted or cancelled.
+
+    Raises UserError (exit code 2) for a spec or a submission at fault.
+    """
+    spec = load_spec(spec_path, list(overrides))
+    plans = [make_plan(run_spec) for run_spec in spec.runs()]
+    backend = backend_for(spec)
+    submission = Submission(spec, plans, str(spec_path), detach=detach, verbose=verbose)
+    if dry_run:
+        print(yaml.safe_dump(_dry_run(submission, measure=not no_forecast and spec.forecast.measure), sort_keys=False))
+        return 0
+    if here:
+        return run_here(submission, backend.cluster())
+    return backend.launch(submission, print)
+
+
+def _dry_run(submission: Submission, measure: bool) -> dict:
+    """The plan of each run with its backend's part, and each one's forecast measured on a cluster of its own."""
+    described = [describe_plan(plan) for plan in submission.plans]
+    if measure:
+        backend = backend_for(submission.spec)
+        cluster = backend.cluster() if backend.measures_dry_run else None
+        with QuietConsole(verbose=submission.verbose):
+            forecasts = dry_run_forecasts(submission.plans, cluster)
+        for run, forecast in zip(described, forecasts):
+            run["forecast"] = forecast
+    if submission.spec.methods is None:
+        return described[0]
+    return {"comparison": submission.name, "runs": described}

@@ -1,0 +1,39 @@
+"""The `evaluation` section of a job spec: which subnets, how they are calibrated and evaluated, and by how many
+workers, with the training diagnostics (`evaluation.diagnostics`) taken along the way."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from workers.sections import Section
+from workers.selection import AnySelection, SpreadSelection
+
+
+class DiagnosticsConfig(Section):
+    enabled: bool = True
+    heatmap_epochs: tuple[int, ...] | None = Field(None, description="default: the last epoch of every phase")
+    gradient_epochs: tuple[int, ...] | None = Field(
+        None, description="default: the last epoch of every phase that another phase follows"
+    )
+    heatmap_images: int = Field(1000, gt=0, description="test images for the class-correlation heatmap")
+    gradient_images: int = Field(64, gt=0, description="training images in the gradient diagnostic's minibatch")
+
+
+class EvaluationSpec(Section):
+    selection: AnySelection = SpreadSelection()
+    subnets: int = Field(6, ge=0, description="for selection spread: subnets besides the smallest and largest")
+    calibration_images: int = Field(2000, gt=0)
+    calibration_batch_size: int = Field(200, gt=0)
+    test_batch_size: int = Field(256, gt=0)
+    workers: int = Field(2, ge=1, description="parallel calibration/evaluation actors")
+    cpus_per_worker: int = Field(1, ge=1)
+    gpus_per_worker: int = Field(0, ge=0)
+    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per actor; default cpus_per_worker")
+    subnets_per_task: int | None = Field(None, ge=1, description="subnets per actor task; default: automatic")
+    max_restarts: int = Field(2, ge=0, description="restarts of a dead actor; its unfinished task is retried")
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of one evaluation worker."""
+        return self.threads_per_worker or self.cpus_per_worker
