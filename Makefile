@@ -1,10 +1,11 @@
-# deps-orch: `make quickstart` runs the main job on a local Ray cluster; `make test` runs the checks and tests.
+# deps-orch: `make quickstart` runs the main job on a local Ray cluster; `make test` runs the checks and tests;
+# `make test-fast` the unit tier alone (no Ray cluster, no Slurm).
 # Both set up .venv first (once; again when pyproject.toml changes).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test lint clean
+.PHONY: setup quickstart test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -20,9 +21,13 @@ quickstart: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -q --durations=10
+	$(BIN)/pytest -q --durations=15
+
+test-fast: lint
+	$(BIN)/pytest -q -m "not ray" --durations=10
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis .import_linter_cache

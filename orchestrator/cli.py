@@ -91,11 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from orchestrator.spec_file import load_spec
+
+    spec = load_spec(args.spec, args.overrides)  # a spec at fault is refused before Ray and the backends load
     from orchestrator.submission import submit
 
     return submit(
+        spec,
         args.spec,
-        args.overrides,
         dry_run=args.dry_run,
         no_forecast=args.no_forecast,
         detach=args.detach,

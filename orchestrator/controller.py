@@ -40,12 +40,13 @@ class RunFailed(Exception):
     """A stage failed; the message is one line, the traceback is in the run's controller.log."""
 
 
-def record_plan(plan: Plan) -> None:
+def record_plan(plan: Plan, described: dict | None = None) -> None:
+    """plan.json: the plan's description (with its backend's part, where the caller has it)."""
     files = plan.files.create()
-    files.write_json(files.plan, plan.describe())
+    files.write_json(files.plan, described if described is not None else plan.describe())
 
 
-def announce(plan: Plan) -> None:
+def announce(plan: Plan, described: dict | None = None) -> None:
     """Write the run's plan and mark it PENDING (a finished run keeps its state until it runs again)."""
     running = read_state(plan.files)
     if running is not None and running.controller_alive():
@@ -53,7 +54,7 @@ def announce(plan: Plan) -> None:
             f"run {plan.spec.run} is already running (pid {running.pid} on {running.host}); "
             f"deps-orch cancel {plan.spec.run} stops it"
         )
-    record_plan(plan)
+    record_plan(plan, described)
     if not plan.files.state.exists():
         write_state(plan.files, RunState.PENDING)
 

@@ -41,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         with handle:
             handle.write(args.json)
         spec_path = Path(handle.name)
+    from orchestrator.spec_file import load_spec
     from orchestrator.submission import submit
 
     try:
-        return submit(spec_path, here=True)
+        return submit(load_spec(spec_path), spec_path, here=True)
     except UserError as error:
         print(f"deps-orch: error: {error}", file=sys.stderr)
         return 2

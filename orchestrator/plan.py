@@ -161,7 +161,7 @@ class Plan:
             devices=self.training.devices,
             device_type=self.training.price.device_type,
             price_per_device_hour=self.training.price.per_device_hour,
-            training_jobs=len(self.stages),
+            training_jobs=1,  # one worker group trains every stage
             eval_subnet_macs=self.subnet_macs,
             eval_subnets=self.eval_subnets,
             eval_workers=self.spec.evaluation.workers,

@@ -21,6 +21,8 @@ def token_path() -> Path:
 def prepare_ray_environment() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train gives a worker group 60 s to start; a busy node importing torch in every worker can take longer.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     if os.environ["RAY_AUTH_MODE"].lower() != "token" or os.environ.get("RAY_AUTH_TOKEN"):
         return
     path = token_path()

@@ -29,6 +29,10 @@ class Submission:
     label: str  # how the user named the spec (its file), for messages that say how to resubmit
     detach: bool = False
     verbose: bool = False  # library warnings and Ray's log lines on the console as well as in run.log
+    described: tuple[dict, ...] = ()  # each plan as plan.json keeps it, with its backend's part (describe_plan)
+
+    def description(self, index: int) -> dict:
+        return self.described[index] if self.described else self.plans[index].describe()
 
     @property
     def name(self) -> str:
@@ -43,8 +47,8 @@ STOPPED_EXIT = {RunState.BUDGET_EXHAUSTED: 3, RunState.CANCELLED: 130}
 def run_here(submission: Submission, cluster: AbstractContextManager) -> int:
     """Run every plan of the submission on `cluster`; returns the exit code of `deps-orch submit`."""
     plans = submission.plans
-    for plan in plans:
-        announce(plan)
+    for index, plan in enumerate(plans):
+        announce(plan, submission.description(index))
     console = QuietConsole(plans[0].files, submission.verbose)
     with console:
         if submission.spec.methods is None:

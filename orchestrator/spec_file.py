@@ -138,6 +138,10 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise UserError(f"{path}: no such spec file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a spec file") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the spec file: {error.strerror or error}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

@@ -114,12 +114,12 @@ def read_status(run_dir: Path, now: datetime | None = None) -> RunStatus:
     phases = plan.phase_tuples() if plan is not None else []
     if not phases and forecast is not None:
         phases = [(p.phase, p.first_epoch, p.first_epoch + p.epochs - 1) for p in forecast.phases]
-    starts = list(plan.stage_starts) if plan is not None else []
 
     state = record.state if record is not None else None
     gone = record is not None and not record.state.is_terminal and record.controller_alive() is False
     working = state in (RunState.TRAINING, RunState.EVALUATING) and not gone
-    look = outlook(forecast, phases, epochs, subnets, starts, running=working, lost_rows=lost)
+    # One training job trains every stage: a run that is not running pays one set-up to resume.
+    look = outlook(forecast, phases, epochs, subnets, running=working, lost_rows=lost)
     done = {r["epoch"] for r in epochs}
     in_flight = min((e for e in range(look.epochs_total) if e not in done), default=None)
     phase = epochs[-1]["phase"] if epochs else None

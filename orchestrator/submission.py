@@ -17,12 +17,12 @@ from orchestrator.console import QuietConsole
 from orchestrator.plan import make_plan
 from orchestrator.profile_job import dry_run_forecasts
 from orchestrator.runner import Submission, run_here
-from orchestrator.spec_file import load_spec
+from orchestrator.spec import JobSpec
 
 
 def submit(
-    spec_path: str | Path,
-    overrides: list[str] = (),
+    spec: JobSpec,
+    label: str | Path,
     *,
     dry_run: bool = False,
     no_forecast: bool = False,
@@ -32,12 +32,13 @@ def submit(
 ) -> int:
     """Returns the exit code: 0 succeeded, 1 failed, 3 stopped by its budget, 130 interrupted or cancelled.
 
-    Raises UserError (exit code 2) for a spec or a submission at fault.
+    `label` is how the user named the spec (its file), for the messages that say how to resubmit. Raises
+    UserError (exit code 2) for a plan or a submission at fault.
     """
-    spec = load_spec(spec_path, list(overrides))
     plans = [make_plan(run_spec) for run_spec in spec.runs()]
     backend = backend_for(spec)
-    submission = Submission(spec, plans, str(spec_path), detach=detach, verbose=verbose)
+    described = tuple(describe_plan(plan) for plan in plans)
+    submission = Submission(spec, plans, str(label), detach=detach, verbose=verbose, described=described)
     if dry_run:
         print(yaml.safe_dump(_dry_run(submission, measure=not no_forecast and spec.forecast.measure), sort_keys=False))
         return 0
@@ -48,7 +49,7 @@ def submit(
 
 def _dry_run(submission: Submission, measure: bool) -> dict:
     """The plan of each run with its backend's part, and each one's forecast measured on a cluster of its own."""
-    described = [describe_plan(plan) for plan in submission.plans]
+    described = [dict(d) for d in submission.described]
     if measure:
         backend = backend_for(submission.spec)
         cluster = backend.cluster() if backend.measures_dry_run else None

@@ -1,10 +1,12 @@
-"""The training stage: each of the method's stages as a Ray Train TorchTrainer job, in order.
+"""The training stage: the method's stages, in order, in one Ray Train TorchTrainer job.
 
-A single-stage method trains as Ray Train run `<run>`; a multi-stage one as
-`<run>.<stage>` per stage. A stage starts from the previous stage's final
-checkpoint, and its frozen teacher (if it names one) is a finished stage's final
-checkpoint. Finished stages are recorded in `<run_dir>/stages.json`, so a
-re-submitted run goes straight to the first unfinished stage.
+One worker group trains every stage still to train: a stage starts from the
+previous stage's final weights with a fresh optimiser, and its frozen teacher (if
+it names one) is a finished stage's final weights; no worker group is started
+again between stages. The job is Ray Train run `<run>`, so a resubmission resumes
+from its last checkpoint (the checkpoint says which stage it belongs to). Finished
+stages are recorded in the run directory (`workers/rundir/stages.py`), so a
+resubmitted run goes straight to the first unfinished stage.
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.plan import Plan
 from workers.forecast_model import ForecastJob
+from workers.rundir.stages import finished_weights
 from workers.rundir.stops import RunStopped, read_stop
-from workers.training_loop import CHECKPOINT_FILE, TrainJobConfig, train_loop_per_worker
-
-
-def trainer_name(plan: Plan, index: int) -> str:
-    return plan.spec.run if len(plan.stages) == 1 else f"{plan.spec.run}.{plan.stages[index].name}"
+from workers.training_loop import TrainJobConfig, train_loop_per_worker
 
 
 def torch_trainer(
@@ -54,9 +53,9 @@ def torch_trainer(
 
 def build_trainer(
     plan: Plan,
-    index: int = 0,
+    first_stage: int = 0,
     init_checkpoint: Path | None = None,
-    teacher_checkpoint: Path | None = None,
+    teacher_checkpoints: dict[str, str] | None = None,
     forecast: ForecastJob | None = None,
 ) -> TorchTrainer:
     job = TrainJobConfig(
@@ -65,82 +64,49 @@ def build_trainer(
         devices=plan.training.devices,
         device_type=plan.training.price.device_type,
         price_per_device_hour=plan.training.price.per_device_hour,
-        stage=index,
+        first_stage=first_stage,
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
-        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+        teacher_checkpoints=teacher_checkpoints or {},
         forecast=forecast,
     )
     return torch_trainer(
-        plan,
-        train_loop_per_worker,
-        {"job": job},
-        trainer_name(plan, index),
-        plan.files.ray_storage,
-        plan.spec.cluster.max_failures,
+        plan, train_loop_per_worker, {"job": job}, plan.spec.run, plan.files.ray_storage, plan.spec.cluster.max_failures
     )
 
 
-def _finished_stages(plan: Plan) -> dict[str, dict]:
-    data = plan.files.read_json(plan.files.stages)
-    return data if isinstance(data, dict) else {}
-
-
-def _record_finished(plan: Plan, index: int, checkpoint: Path) -> None:
-    stage = plan.stages[index]
-    done = _finished_stages(plan)
-    done[stage.name] = {"first_epoch": stage.first_epoch, "epochs": stage.epochs, "checkpoint": str(checkpoint)}
-    plan.files.write_json(plan.files.stages, done)
-
-
 def finished_checkpoint(plan: Plan, index: int) -> Path | None:
-    """The final checkpoint of a stage finished earlier with the same epochs, if it is still there."""
-    stage, record = plan.stages[index], _finished_stages(plan).get(plan.stages[index].name)
-    if record is None or (record["first_epoch"], record["epochs"]) != (stage.first_epoch, stage.epochs):
-        return None
-    path = Path(record["checkpoint"])
-    return path if path.exists() else None
-
-
-def run_stage(
-    plan: Plan,
-    index: int,
-    init_checkpoint: Path | None = None,
-    teacher_checkpoint: Path | None = None,
-    forecast: ForecastJob | None = None,
-) -> Path:
-    """Train one stage (resuming from its last checkpoint if there is one); returns its final checkpoint file."""
-    result = build_trainer(plan, index, init_checkpoint, teacher_checkpoint, forecast).fit()
-    stopped = read_stop(plan.run_dir)  # the workers stopped on purpose (a cancel request, the budget)
-    if result.checkpoint is None:
-        if stopped is not None:
-            raise RunStopped(stopped)  # stopped within the stage's first epoch: no checkpoint of its own yet
-        raise RuntimeError(f"stage {plan.stages[index].name} finished without a checkpoint")
-    checkpoint = Path(result.checkpoint.path) / CHECKPOINT_FILE
-    if stopped is None or stopped.epoch == plan.stages[index].end_epoch - 1:
-        _record_finished(plan, index, checkpoint)
-    if stopped is not None:
-        raise RunStopped(stopped)
-    return checkpoint
+    """The final weights of a stage finished earlier with the same epochs, if they are still there."""
+    stage = plan.stages[index]
+    return finished_weights(plan.files, stage.name, stage.first_epoch, stage.epochs)
 
 
 def run_training(plan: Plan, echo: Callable[[str], None] = print, forecast: ForecastJob | None = None) -> Path:
-    """Run the method's stages in order, skipping finished ones; returns the last stage's final checkpoint file.
+    """Train the method's stages from its first unfinished one; returns the last stage's final weights file.
 
-    `forecast`: measure the run's forecast in the first training job this call starts, before its first epoch.
+    `forecast`: measure the run's forecast in the training job before its first epoch.
     """
-    finals: dict[str, Path] = {}
-    previous: Path | None = None
-    for index, stage in enumerate(plan.stages):
-        checkpoint = finished_checkpoint(plan, index)
-        if checkpoint is None:
-            if len(plan.stages) > 1:
-                epochs = f"epochs {stage.first_epoch}-{stage.end_epoch - 1}"
-                echo(f"[{plan.spec.run}] stage {index + 1}/{len(plan.stages)} {stage.name}, {epochs}")
-            teacher = finals.get(stage.teacher) if stage.teacher is not None else None
-            if stage.teacher is not None and teacher is None:
-                raise RuntimeError(f"stage {stage.name} distils from {stage.teacher}, which has not run before it")
-            checkpoint = run_stage(plan, index, previous, teacher, forecast)
-            forecast = None
-        finals[stage.name] = previous = checkpoint
-    assert previous is not None, "a method has at least one stage"
-    return previous
+    stages = plan.stages
+    first = next((i for i in range(len(stages)) if finished_checkpoint(plan, i) is None), None)
+    if first is None:
+        final = finished_checkpoint(plan, len(stages) - 1)
+        assert final is not None
+        return final
+    earlier = {stages[i].name: finished_checkpoint(plan, i) for i in range(first)}
+    for index in range(first, len(stages)):
+        stage = stages[index]
+        teacher = stage.teacher
+        if teacher is not None and teacher not in earlier and teacher not in {s.name for s in stages[first:index]}:
+            raise RuntimeError(f"stage {stage.name} distils from {teacher}, which has not run before it")
+        if len(stages) > 1:
+            epochs = f"epochs {stage.first_epoch}-{stage.end_epoch - 1}"
+            echo(f"[{plan.spec.run}] stage {index + 1}/{len(stages)} {stage.name}, {epochs}")
+    init = earlier[stages[first - 1].name] if first > 0 else None
+    teachers = {name: str(path) for name, path in earlier.items()}
+    build_trainer(plan, first, init, teachers, forecast).fit()
+    stopped = read_stop(plan.files)  # the workers stopped on purpose (a cancel request, the budget)
+    if stopped is not None:
+        raise RunStopped(stopped)
+    final = finished_checkpoint(plan, len(stages) - 1)
+    if final is None:
+        raise RuntimeError(f"training finished without the final weights of stage {stages[-1].name}")
+    return final

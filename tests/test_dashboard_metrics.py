@@ -1,11 +1,12 @@
-"""Watching a real run: our Ray metrics, Ray Train's run in the dashboard, status while it runs, the forecast.
+"""The DepS job for real on the embedded local backend, watched as it runs (nothing mocked).
 
 One `deps-orch submit` on the local backend (its Ray head has the dashboard on
 127.0.0.1 and exports metrics on a port the test chooses) serves every test here:
 while it runs, the fixture scrapes the metrics endpoint, asks the dashboard's
 Train API for the run (with Ray's token, and without), and runs `status` and
-`dashboard`; afterwards the tests check what was seen, and the forecast measured
-at launch against what the run spent.
+`dashboard`; afterwards the tests check what was seen, the ledger and the
+evaluated subnets, the forecast measured at launch against what the run spent,
+the reports, and (last) that submitting the finished run again adds nothing.
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from orchestrator.backends.local import METRICS_PORT_ENV
+from orchestrator.cost.catalog import lookup_price
 from orchestrator.dashboard import TRAIN_RUNS_API, dashboard_get
 from tests.conftest import REPO, deps_orch
 from workers.rundir.forecast import load_forecast
+from workers.rundir.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
+from workers.supernet.space import mobilenetv3_space
 
 pytestmark = pytest.mark.ray
 
@@ -52,6 +57,7 @@ class Watched:
     seconds: float = 0.0
     dry_run: dict = field(default_factory=dict)  # what `submit --dry-run` printed before the run
     dry_run_wrote: bool = False
+    spec_path: Path | None = None
 
 
 def _free_port() -> int:
@@ -103,7 +109,7 @@ def watched(tmp_path_factory) -> Watched:
     }
     spec_path = tmp / "watched.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
-    seen = Watched(run_dir=tmp / "runs" / RUN, root=tmp / "runs")
+    seen = Watched(run_dir=tmp / "runs" / RUN, root=tmp / "runs", spec_path=spec_path)
     dry = deps_orch("submit", str(spec_path), "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     seen.dry_run, seen.dry_run_wrote = yaml.safe_load(dry.stdout), seen.root.exists()
@@ -257,3 +263,105 @@ def test_logs_tell_the_runs_story(watched):
     positions = [text.find(marker) for marker in order]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), text
     assert text.rstrip().endswith("state SUCCEEDED")
+
+
+def _ledger(run_dir: Path) -> pd.DataFrame:
+    return pq.read_table(run_dir / "epochs.parquet").to_pandas().sort_values("epoch").reset_index(drop=True)
+
+
+def test_the_ledger_prices_every_epoch_and_records_the_methods_scalars(watched):
+    run_dir = watched.run_dir
+    ledger = _ledger(run_dir)
+    assert pq.read_schema(run_dir / "epochs.parquet").names == EPOCH_SCHEMA.names
+    assert list(ledger.epoch) == [0, 1, 2, 3]
+    # Warmup: 2 of 4 epochs train the full model alone; shrinking trains 3 subnets a step.
+    assert list(ledger.phase) == ["warmup", "warmup", "shrinking", "shrinking"]
+    assert list(ledger.subnets_per_step) == [1.0, 1.0, 3.0, 3.0]
+    assert ledger.subnet_loss[:2].isna().all() and ledger.subnet_loss[2:].notna().all()
+    # ε: 0 in warmup; linear per batch over 1 epoch of 8 steps from 1e-4, recorded at each epoch's last step.
+    epsilon = [dict(s)["epsilon"] for s in ledger.scalars]  # DepS's own scalar, by name
+    assert epsilon[:2] == [0.0, 0.0]
+    assert epsilon[2] == pytest.approx(1e-4 + (1 - 1e-4) * 7 / 8)
+    assert epsilon[3] == 1.0
+    # Ledger arithmetic: device-hours = (wall + overhead) x devices / 3600; dollars = device-hours x price.
+    price = lookup_price("cpu", "on_demand").per_device_hour
+    assert (ledger.devices == 2).all() and (ledger.device_type == "cpu").all()
+    assert (ledger.price_per_device_hour == price).all()
+    expected_hours = (ledger.wall_seconds + ledger.overhead_seconds) * 2 / 3600
+    assert ledger.device_hours.to_numpy() == pytest.approx(expected_hours.to_numpy())
+    assert ledger.dollars.to_numpy() == pytest.approx((ledger.device_hours * price).to_numpy())
+    assert (ledger.images == 8 * 64).all()
+    assert ledger.images_per_second.to_numpy() == pytest.approx((ledger.images / ledger.wall_seconds).to_numpy())
+    # The set-up and the forecast measured in the training job are charged to its first epoch.
+    forecast = load_forecast(run_dir)
+    assert forecast.measured_in_run and ledger.overhead_seconds[0] > forecast.measure_seconds > 0
+    # Every second between two epochs (the checkpoint's report, the diagnostics) is the next epoch's overhead.
+    assert (ledger.overhead_seconds[1:] > 0).all() and (ledger.overhead_seconds[1:] < ledger.overhead_seconds[0]).all()
+    assert ledger.lr.is_monotonic_decreasing
+    assert json.loads((run_dir / "attempts.json").read_text())["attempts"] == 1  # one worker group for all of it
+
+
+def test_the_subnets_are_calibrated_evaluated_and_priced(watched):
+    run_dir = watched.run_dir
+    subnets = pq.read_table(run_dir / "subnets.parquet").to_pandas()
+    assert pq.read_schema(run_dir / "subnets.parquet").names == SUBNET_SCHEMA.names
+    space = mobilenetv3_space(0.35, cifar=True, resolution=16)
+    ids = set(subnets.subnet_id)
+    assert len(subnets) == 4 and {space.smallest().subnet_id, space.largest().subnet_id} <= ids
+    assert subnets.macs.min() < subnets.macs.max() and (subnets.top5 >= subnets.top1).all()
+    assert (subnets.calibration_images == 128).all() and (subnets.test_images == 360).all()
+    assert (subnets.checkpoint_epoch == 3).all()
+    largest = subnets.loc[subnets.macs.idxmax()]
+    assert largest.top1 > 50.0  # 10 classes: chance is 10 %
+    price = lookup_price("cpu", "on_demand").per_device_hour
+    assert subnets.dollars.to_numpy() == pytest.approx((subnets.device_hours * price).to_numpy())
+
+    report = deps_orch("cost-report", RUN, "--root", str(watched.root), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (row,) = json.loads(report.stdout)
+    assert row["epochs"] == 4 and row["train_dollars"] == pytest.approx(_ledger(run_dir).dollars.sum())
+    assert row["largest_top1"] == pytest.approx(largest.top1)
+    table = deps_orch("cost-report", str(run_dir))
+    assert "dev-min/epoch" in table.stdout and RUN in table.stdout
+    everything = deps_orch("cost-report", "--root", str(watched.root), "--format", "json")  # no name: every run
+    assert [r["run"] for r in json.loads(everything.stdout)] == [RUN]
+
+
+def test_the_diagnostics_and_the_comparison_with_every_plot(watched):
+    run_dir = watched.run_dir
+    # Rank 0 took the diagnostics: heatmaps at the end of warmup (epoch 1) and of training (epoch 3), the gradient
+    # probe at the start of shrinking, without changing what training recorded.
+    heat = pd.read_parquet(run_dir / "class_correlation.parquet")
+    assert sorted(heat.epoch.unique()) == [1, 3] and len(heat) == 2 * 10 * 10
+    grads = pd.read_parquet(run_dir / "gradients.parquet")
+    assert set(grads.epoch) == {1} and set(grads.probe_phase) == {"shrinking"} and set(grads.run) == {RUN}
+
+    report = deps_orch("compare", RUN, "--root", str(watched.root))
+    assert report.returncode == 0, report.stderr
+    assert f"| {RUN} | deps | 4 |" in report.stdout and "### Best subnet per FLOP bucket" in report.stdout
+    plots = watched.root / "_compare" / RUN
+    assert sorted(p.name for p in plots.glob("*.png")) == [
+        "class_correlation.png",
+        "cost.png",
+        "gradients.png",
+        "pareto.png",
+    ]
+
+
+def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(watched):
+    lines = [line for line in watched.output.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith((f"[{RUN}]", "run ", "---"))]
+    table_rows = [line for line in lines if line.startswith(RUN + " ")]  # the cost table's row
+    assert len(ours) + len(table_rows) == len(lines), [line for line in lines if line not in ours + table_rows]
+    for noise in ("Warning", "core_worker.cc", "find_unused_parameters", "Grad strides"):
+        assert noise not in watched.output
+    assert "[library]" in (watched.run_dir / "run.log").read_text()
+
+
+def test_submitting_the_finished_run_again_trains_and_evaluates_nothing_more(watched):
+    before = _ledger(watched.run_dir)
+    again = deps_orch("submit", str(watched.spec_path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 subnets evaluated" in again.stdout
+    pd.testing.assert_frame_equal(_ledger(watched.run_dir), before)
+    assert len(pq.read_table(watched.run_dir / "subnets.parquet")) == 4

@@ -85,17 +85,10 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(shared_cluster):
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    ray.init(address=shared_cluster.address, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -121,7 +114,7 @@ def test_buckets_evaluated_in_parallel_once_and_resumed_after_a_crash(checkpoint
     assert len(_rows(plan)) == 6
     # A crash after two rows: the re-run evaluates exactly the four missing, and no subnet has two rows.
     store = RunStore(plan.run_dir)
-    write_atomic(store.subnets_path, store.subnets().slice(0, 2))
+    write_atomic(store.files.subnets, store.subnets().slice(0, 2))
     assert run_evaluation(plan, checkpoint) == 4
     again = _rows(plan)
     assert len(again) == 6 and again.subnet_id.is_unique and set(again.subnet_id) == set(rows.subnet_id)
@@ -161,9 +154,9 @@ def test_evolution_improves_the_frontier_over_its_random_start_and_resumes_where
     store = RunStore(plan.run_dir)
     table = store.subnets()
     keep = [r is not None and r <= 1 for r in table.column("search_round").to_pylist()]
-    write_atomic(store.subnets_path, table.filter(keep))
+    write_atomic(store.files.subnets, table.filter(keep))
     assert run_evaluation(plan, checkpoint) == 32
     resumed = _rows(plan)
     assert sorted(resumed.subnet_id) == sorted(rows.subnet_id)
     assert run_evaluation(plan, checkpoint) == 0
-    assert pq.read_metadata(store.subnets_path).num_rows == len(rows)
+    assert pq.read_metadata(store.files.subnets).num_rows == len(rows)

@@ -19,7 +19,7 @@ TINY = {
     "dataset": {"name": "digits", "resolution": 16, "batch_size": 32, "train_subset": 256},
     "space": {"width_mult": 0.35, "cifar_variant": True, "bn_momentum": 0.1},
     "optimizer": {"lr": 0.1, "lr_batch": 64},
-    "cluster": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1},
+    "cluster": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1, "backend": "ray", "address": "auto"},
     "evaluation": {"subnets": 0, "calibration_images": 64, "calibration_batch_size": 64, "workers": 1},
     "forecast": {"measure": False},
 }
@@ -42,7 +42,7 @@ def _attempts(run_dir: Path) -> int:
     return json.loads((run_dir / "attempts.json").read_text())["attempts"]
 
 
-def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_right_stage(tmp_path):
+def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_right_stage(tmp_path, shared_cluster):
     one = {"epochs": 1, "warmup_epochs": 0}
     methods = [
         {"name": "deps", "epochs": 2, "warmup_fraction": 0.5, "eps_ramp_epochs": 1, "subnets_per_step": 3},
@@ -65,7 +65,7 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
         },
     ]
     spec = _write(tmp_path, "cmp", methods)
-    result = deps_orch("submit", str(spec), timeout=900)
+    result = deps_orch("submit", str(spec), timeout=900, env=shared_cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "4 of 4 runs succeeded" in result.stdout
     root = tmp_path / "runs"
@@ -88,10 +88,10 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
         assert json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
         stages = json.loads((run_dir / "stages.json").read_text())
         assert len(stages) == (len(phases) if method in ("ofa", "compofa") else 1)
-        if method in ("ofa", "compofa"):
-            # Each stage is its own Ray Train job: its first epoch carries its own start-up.
-            assert (ledger.overhead_seconds > 0).all()
-            assert _attempts(run_dir) == len(phases)
+        # One worker group trains every stage: the stages follow one another in one Ray Train job, and every
+        # second between two epochs (a stage change, the diagnostics) is the next epoch's overhead.
+        assert _attempts(run_dir) == 1 and (ledger.overhead_seconds > 0).all()
+        assert ledger.overhead_seconds[0] == ledger.overhead_seconds.max()  # the set-up
     # CompOFA evaluates subnets of its coupled space (kernel 7); the others' smallest has kernel 3.
     compofa = pq.read_table(root / "cmp-compofa" / "subnets.parquet").to_pandas()
     assert all(set(k for s in json.loads(c)["stages"] for k in s["kernels"]) == {7} for c in compofa.config)
@@ -118,7 +118,7 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
     stages = json.loads((ofa_dir / "stages.json").read_text())
     del stages["expand2"]
     (ofa_dir / "stages.json").write_text(json.dumps(stages))
-    again = deps_orch("submit", str(spec), timeout=600)
+    again = deps_orch("submit", str(spec), timeout=600, env=shared_cluster.env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "stage 6/6 expand2" in again.stdout and "stage 1/6" not in again.stdout
     for method in expected:
@@ -128,16 +128,11 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
     assert "expand2" in json.loads((ofa_dir / "stages.json").read_text())
 
 
-def test_rss_sampling_variants_and_selection_schemes_run_end_to_end(tmp_path):
+def test_rss_sampling_variants_and_selection_schemes_run_end_to_end(tmp_path, shared_cluster):
+    # Every scheme's epoch order is tests/test_methods.py's; here one of each kind runs for real.
     variants = [
-        {"selection": "random"},
-        {"selection": "random", "sampling": "per_batch"},
         {"selection": "random", "sampling": "per_batch", "subnets_per_step": 2},
-        {"selection": "smallest"},
-        {"selection": "middle"},
-        {"selection": "largest"},
         {"selection": "max_then_min"},
-        {"selection": "min_then_max"},
         {"selection": "alternating"},
     ]
     spec = _write(
@@ -147,18 +142,12 @@ def test_rss_sampling_variants_and_selection_schemes_run_end_to_end(tmp_path):
         dataset={"train_subset": 128},
         cluster={"num_workers": 1},
     )
-    result = deps_orch("submit", str(spec), timeout=900)
+    result = deps_orch("submit", str(spec), timeout=900, env=shared_cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "9 of 9 runs succeeded" in result.stdout
+    assert "3 of 3 runs succeeded" in result.stdout
     expected = {
-        "rss-random": (["random", "random"], 1.0),
-        "rss-random-per-batch": (["random", "random"], 1.0),
         "rss-random-per-batch-x2": (["random", "random"], 2.0),
-        "rss-smallest": (["smallest", "smallest"], 1.0),
-        "rss-middle": (["middle", "middle"], 1.0),
-        "rss-largest": (["largest", "largest"], 1.0),
         "rss-max-then-min": (["max", "min"], 1.0),
-        "rss-min-then-max": (["min", "max"], 1.0),
         "rss-alternating": (["max", "min"], 1.0),
     }
     root = tmp_path / "runs"
@@ -170,4 +159,4 @@ def test_rss_sampling_variants_and_selection_schemes_run_end_to_end(tmp_path):
         assert ledger.subnet_loss.isna().all() == (per_step == 1.0)
         assert json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
     report = deps_orch("cost-report", "rss", "--root", str(root), "--format", "json")
-    assert report.returncode == 0 and len(json.loads(report.stdout)) == 9
+    assert report.returncode == 0 and len(json.loads(report.stdout)) == 3

@@ -171,3 +171,23 @@ def test_an_older_file_without_the_newer_columns_reads_them_as_null(root):
 def test_unknown_tables_are_named():
     with pytest.raises(ValueError, match="unknown results table 'subnet'; tables: " + ", ".join(TABLES)):
         results_dataset(Path("."), "subnet")
+
+
+def test_status_cost_report_and_compare_pick_the_same_members_of_a_group(root, capsys):
+    from orchestrator.cli import main
+
+    write_run(root, "cmp-bignas", "bignas", [(200, 55.0)], [("sandwich", 20)], "cmp")
+    (root / "cmp-ofa" / "plan.json").unlink()  # its group is read from its Parquet footers now
+
+    def names(argv: list[str]) -> list[str]:
+        assert main(argv) == 0
+        document = json.loads(capsys.readouterr().out)
+        rows = document["runs"] if isinstance(document, dict) else document
+        return [row["run"] for row in rows]
+
+    members = {"cmp-deps", "cmp-ofa", "cmp-bignas"}
+    status = names(["status", "cmp", "--root", str(root), "--format", "json"])
+    report = names(["cost-report", "cmp", "--root", str(root), "--format", "json"])
+    compared = names(["compare", "--group", "cmp", "--root", str(root), "--format", "json", "--no-plots"])
+    assert set(status) == set(report) == set(compared) == members
+    assert report == compared  # in the order they were submitted

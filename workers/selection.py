@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from workers.flop_buckets import FlopBuckets
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SearchSpace, StageConfig, SubnetConfig
 
@@ -112,35 +113,6 @@ AnySelection = Annotated[
 
 
 @dataclass(frozen=True)
-class FlopBuckets:
-    """The range [lo, hi] of MACs split into `count` equal buckets; a subnet on an edge belongs to the upper one."""
-
-    lo: int
-    hi: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or self.hi < self.lo:
-            raise ValueError(f"FlopBuckets needs count >= 1 and lo <= hi, got {self.count}, [{self.lo}, {self.hi}]")
-
-    @property
-    def edges(self) -> list[float]:
-        return [self.lo + (self.hi - self.lo) * i / self.count for i in range(self.count + 1)]
-
-    def index(self, macs: int | float) -> int | None:
-        """The bucket of a MAC count, or None outside [lo, hi]. Exact for integer MACs."""
-        if macs < self.lo or macs > self.hi:
-            return None
-        if self.hi == self.lo:
-            return 0
-        return min(self.count - 1, math.floor((macs - self.lo) * self.count / (self.hi - self.lo)))
-
-    def bounds(self, index: int) -> tuple[float, float]:
-        edges = self.edges
-        return edges[index], edges[index + 1]
-
-
-@dataclass(frozen=True)
 class Candidate:
     config: SubnetConfig
     macs: int
@@ -217,6 +189,8 @@ def spread_over_macs(
 ) -> list[SubnetConfig]:
     """Smallest, largest, and `count` random subnets whose MACs are closest to evenly spaced targets."""
     chosen = _extremes(space)
+    if count == 0:
+        return list(chosen.values())
     lo, hi = mac_range(space, num_classes)
     rng = random.Random(seed)
     pool = {}

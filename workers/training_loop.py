@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,17 +26,18 @@ from workers.epoch_guard import EpochGuard
 from workers.forecast_model import ForecastJob, forecast_from_profile
 from workers.job import WorkerSpec
 from workers.methods import Stage, TrainingMethod
-from workers.optim import LRSchedule, scaled_lr
+from workers.optim import LRSchedule, build_optimizer, scaled_lr
 from workers.profiling import measure_profile, untouched
 from workers.rundir.attempts import AttemptLog, next_attempt
 from workers.rundir.forecast import save_forecast
 from workers.rundir.pricing import Usage
+from workers.rundir.stages import record_finished_stage
 from workers.rundir.tables import RunStore
 from workers.step import run_step, step_rng
 from workers.supernet.factory import build_supernet
 from workers.supernet.space import SearchSpace
 from workers.supernet.supernet import ElasticSupernet
-from workers.worker_setup import set_up_worker
+from workers.worker_setup import WorkerSetup, set_up_worker
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -50,9 +51,9 @@ class TrainJobConfig:
     devices: int
     device_type: str
     price_per_device_hour: float
-    stage: int = 0  # index into the method's stages
-    init_checkpoint: str | None = None  # the previous stage's final checkpoint: this stage starts from its weights
-    teacher_checkpoint: str | None = None  # the frozen teacher's weights, for stages that name one
+    first_stage: int = 0  # index into the method's stages: this job trains it and every one after it
+    init_checkpoint: str | None = None  # the previous stage's final weights: the first stage starts from them
+    teacher_checkpoints: dict[str, str] = field(default_factory=dict)  # final weights of stages finished before
     forecast: ForecastJob | None = None  # measure the run's forecast in this job first
 
 
@@ -60,9 +61,15 @@ def load_frozen_teacher(
     work: WorkerSpec, space: SearchSpace, num_classes: int, checkpoint_file: str, device: torch.device
 ) -> ElasticSupernet:
     """The teacher of a later stage: the largest network with a finished stage's weights, in eval mode, no grads."""
-    teacher = build_supernet(work, space, num_classes)
     state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-    teacher.load_state_dict(state["model"])
+    return frozen_teacher(work, space, num_classes, state["model"], device)
+
+
+def frozen_teacher(
+    work: WorkerSpec, space: SearchSpace, num_classes: int, weights: dict, device: torch.device
+) -> ElasticSupernet:
+    teacher = build_supernet(work, space, num_classes)
+    teacher.load_state_dict(weights)
     teacher.set_active_subnet(space.largest())
     teacher.requires_grad_(False)
     return teacher.to(device, memory_format=torch.channels_last).eval()
@@ -99,20 +106,21 @@ def quiet_ray_train_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def _save_checkpoint(directory: str, net: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+def _save_checkpoint(directory: str, net: nn.Module, optimizer: torch.optim.Optimizer, stage: int, epoch: int) -> None:
     torch.save(
-        {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+        {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage, "epoch": epoch},
         os.path.join(directory, CHECKPOINT_FILE),
     )
 
 
 def _restore(job: TrainJobConfig) -> tuple[dict | None, dict | None]:
-    """(this stage's last checkpoint, if any; the weights to start from: it, the previous stage's, or none)."""
+    """(the job's last checkpoint, if it belongs to a stage this job trains; the weights to start from)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-        return state, state["model"]
+        if state.get("stage", 0) >= job.first_stage:
+            return state, state["model"]
     if job.init_checkpoint is not None:
         # Each phase of progressive shrinking starts from the previous one's weights with a fresh optimiser.
         return None, torch.load(job.init_checkpoint, map_location="cpu", weights_only=True)["model"]
@@ -133,18 +141,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     state, weights = _restore(job)
     setup = set_up_worker(work, rank, world, device, weights)
-    method, net, optimizer = setup.method, setup.net, setup.optimizer
+    method, net = setup.method, setup.net
+    stages = method.stages()
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    stage = method.stages()[job.stage]
-    start_epoch = state["epoch"] + 1 if state is not None else stage.first_epoch
+        setup.optimizer.load_state_dict(state["optimizer"])
+    resume_stage = state["stage"] if state is not None else job.first_stage
+    resume_epoch = state["epoch"] + 1 if state is not None else stages[resume_stage].first_epoch
     steps_per_epoch = setup.steps_per_epoch
-    schedule = stage_schedule(work, method, stage, setup.global_batch, steps_per_epoch)
-    frozen_teacher = None
-    if stage.teacher is not None:
-        if job.teacher_checkpoint is None:
-            raise RuntimeError(f"stage {stage.name!r} distils from stage {stage.teacher!r}, which has no checkpoint")
-        frozen_teacher = load_frozen_teacher(work, method.space, setup.num_classes, job.teacher_checkpoint, device)
     # Rank 0's marker of this attempt; it also charges the lost time of earlier attempts that died mid-epoch.
     attempt = next_attempt(run_dir) if rank == 0 else -1
     attempt_log = (
@@ -173,77 +176,118 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             forecast = forecast_from_profile(job.forecast.basis, profile, clock() - measured_from, measured_in_run=True)
             save_forecast(run_dir, forecast)
-        if start_epoch < stage.end_epoch and guard.before_training(start_epoch, charged_from=started):
+        if resume_epoch < method.epochs and guard.before_training(resume_epoch, charged_from=started):
             if attempt_log is not None:
-                attempt_log.abandon_epoch(start_epoch)  # the set-up and the measurement, paid for and lost
+                attempt_log.abandon_epoch(resume_epoch)  # the set-up and the measurement, paid for and lost
             return
 
-    overhead = clock() - started  # set-up, restore (and a forecast measured here), charged to the first epoch
-    charged_from = started  # what an epoch stopped midway is charged from (as lost work)
-    for epoch in range(start_epoch, stage.end_epoch):
-        epoch_start = clock()
-        guard.begin_epoch(epoch, charged_from)
-        setup.sampler.set_epoch(epoch)
-        net.train()
-        loss_sum = sub_sum = torch.zeros((), device=device)
-        sub_count = subnets = 0
-        lr = schedule.base_lr
-        for step, (images, labels) in enumerate(setup.loader):
-            if guard.before_step(step):
+    finals = dict(job.teacher_checkpoints)  # stage name: its final weights (a file, or this job's own copy)
+    charged_from = started  # the end of the last epoch charged: what comes after it is the next epoch's overhead
+    stopped = False
+    for index in range(resume_stage, len(stages)):
+        stage = stages[index]
+        if index != resume_stage:  # each stage of progressive shrinking starts with a fresh optimiser
+            setup.optimizer = build_optimizer(net, work.optimizer, 0.0)
+        teacher = None
+        if stage.teacher is not None:
+            source = finals.get(stage.teacher)
+            if source is None:
+                raise RuntimeError(f"stage {stage.name!r} distils from stage {stage.teacher!r}, which has no weights")
+            final = source if isinstance(source, dict) else torch.load(source, map_location="cpu", weights_only=True)
+            teacher = frozen_teacher(work, method.space, setup.num_classes, final["model"], device)
+        schedule = stage_schedule(work, method, stage, setup.global_batch, steps_per_epoch)
+        first = resume_epoch if index == resume_stage else stage.first_epoch
+        for epoch in range(first, stage.end_epoch):
+            charged_from, stopped = _train_epoch(
+                setup, job, stage, schedule, teacher, guard, attempt_log, store, attempt, epoch, charged_from, clock
+            )
+            if stopped:
                 break
-            images, labels = setup.on_device(images, labels)
-            lr = schedule.at((epoch - stage.first_epoch) * steps_per_epoch + step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            steps = method.steps(epoch, step, steps_per_epoch, step_rng(work.seed, epoch, step))
-            optimizer.zero_grad(set_to_none=True)
-            losses = run_step(net, steps, images, labels, work.optimizer.label_smoothing, setup.distill, frozen_teacher)
-            setup.average_gradients()
-            if work.optimizer.grad_clip_norm is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), work.optimizer.grad_clip_norm)
-            optimizer.step()
-            if attempt_log is not None:
-                attempt_log.heartbeat(epoch)
-            loss_sum = loss_sum + losses.first
-            sub_sum = sub_sum + losses.others_sum
-            sub_count += losses.others
-            subnets += len(steps)
-        if guard.stopped_mid_epoch:
-            if attempt_log is not None:
-                attempt_log.abandon_epoch(epoch)
-            break  # the budget: this run's last checkpoint is the previous epoch's
-        guard.steps_finished()
-        total_loss, total_sub, total_count = setup.all_reduce([loss_sum.item(), sub_sum.item(), float(sub_count)])
-        metrics = {
-            "epoch": epoch,
-            "phase": method.phase(epoch),
-            "loss": total_loss / (steps_per_epoch * world),
-            "subnet_loss": total_sub / total_count if total_count else None,
-            "lr": lr,
-            "scalars": method.scalars(epoch, steps_per_epoch - 1, steps_per_epoch),
-        }
-        with tempfile.TemporaryDirectory() as directory:
-            ckpt = None
-            if rank == 0:
-                _save_checkpoint(directory, net, optimizer, epoch)
-                ckpt = ray.train.Checkpoint.from_directory(directory)
-                wall = clock() - epoch_start
-                images_seen = setup.global_batch * steps_per_epoch
-                _record_epoch(
-                    store, job, method, metrics, attempt, wall, overhead, images_seen, subnets / steps_per_epoch
-                )
-            stop = guard.after_epoch(epoch, stage.end_epoch)
-            reported = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-            ray.train.report(reported | metrics["scalars"], checkpoint=ckpt)
-            charged_from = clock()
-            if attempt_log is not None:
-                attempt_log.epoch_done(epoch)  # its checkpoint is stored: nothing up to here can be lost
-        record_diagnostics(work, store, method, net, epoch, steps_per_epoch, rank)  # rank 0, chosen epochs only
-        overhead = 0.0
-        if stop:
-            break  # a cancel request, or the budget: this epoch's checkpoint is the run's last for now
+        if stopped:
+            break
+        final = {"model": net.state_dict(), "epoch": stage.end_epoch - 1}
+        finals[stage.name] = final
+        if rank == 0:
+            record_finished_stage(run_dir, stage.name, stage.first_epoch, stage.epochs, final["model"], final["epoch"])
     if attempt_log is not None and not guard.stopped_mid_epoch:
         attempt_log.finish()
+
+
+def _train_epoch(
+    setup: WorkerSetup,
+    job: TrainJobConfig,
+    stage: Stage,
+    schedule: LRSchedule,
+    frozen: nn.Module | None,
+    guard: EpochGuard,
+    attempt_log: AttemptLog | None,
+    store: RunStore,
+    attempt: int,
+    epoch: int,
+    charged_from: float,
+    clock,
+) -> tuple[float, bool]:
+    """One epoch of `stage`, its checkpoint and its ledger row; returns (when it was charged up to, stop?)."""
+    work, method, net, optimizer = setup.work, setup.method, setup.net, setup.optimizer
+    steps_per_epoch, rank, device = setup.steps_per_epoch, setup.rank, setup.device
+    epoch_start = clock()
+    overhead = epoch_start - charged_from  # set-up, restore, a forecast, a stage change, the diagnostics before
+    guard.begin_epoch(epoch, charged_from)
+    setup.sampler.set_epoch(epoch)
+    net.train()
+    loss_sum = sub_sum = torch.zeros((), device=device)
+    sub_count = subnets = 0
+    lr = schedule.base_lr
+    for step, (images, labels) in enumerate(setup.loader):
+        if guard.before_step(step):
+            break
+        images, labels = setup.on_device(images, labels)
+        lr = schedule.at((epoch - stage.first_epoch) * steps_per_epoch + step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        steps = method.steps(epoch, step, steps_per_epoch, step_rng(work.seed, epoch, step))
+        optimizer.zero_grad(set_to_none=True)
+        losses = run_step(net, steps, images, labels, work.optimizer.label_smoothing, setup.distill, frozen)
+        setup.average_gradients()
+        if work.optimizer.grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), work.optimizer.grad_clip_norm)
+        optimizer.step()
+        if attempt_log is not None:
+            attempt_log.heartbeat(epoch)
+        loss_sum = loss_sum + losses.first
+        sub_sum = sub_sum + losses.others_sum
+        sub_count += losses.others
+        subnets += len(steps)
+    if guard.stopped_mid_epoch:
+        if attempt_log is not None:
+            attempt_log.abandon_epoch(epoch)
+        return charged_from, True  # the budget: this run's last checkpoint is the previous epoch's
+    guard.steps_finished()
+    total_loss, total_sub, total_count = setup.all_reduce([loss_sum.item(), sub_sum.item(), float(sub_count)])
+    metrics = {
+        "epoch": epoch,
+        "phase": method.phase(epoch),
+        "loss": total_loss / (steps_per_epoch * setup.world),
+        "subnet_loss": total_sub / total_count if total_count else None,
+        "lr": lr,
+        "scalars": method.scalars(epoch, steps_per_epoch - 1, steps_per_epoch),
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        ckpt = None
+        if rank == 0:
+            _save_checkpoint(directory, net, optimizer, method.stages().index(stage), epoch)
+            ckpt = ray.train.Checkpoint.from_directory(directory)
+            wall = clock() - epoch_start
+            images_seen = setup.global_batch * steps_per_epoch
+            _record_epoch(store, job, method, metrics, attempt, wall, overhead, images_seen, subnets / steps_per_epoch)
+        stop = guard.after_epoch(epoch, method.epochs)
+        reported = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        ray.train.report(reported | metrics["scalars"], checkpoint=ckpt)
+        if attempt_log is not None:
+            attempt_log.epoch_done(epoch)  # its checkpoint is stored: nothing up to here can be lost
+    charged_from = epoch_start + (wall if rank == 0 else clock() - epoch_start)
+    record_diagnostics(work, store, method, net, epoch, steps_per_epoch, rank)  # rank 0, chosen epochs only
+    return charged_from, stop  # a cancel request, or the budget: this epoch's checkpoint is the run's last for now
 
 
 def _record_epoch(

@@ -83,7 +83,7 @@ class RayClusterBackend(Backend):
         except Exception as error:
             first = (str(error).strip().splitlines() or [""])[0]
             raise UserError(f"cluster.address: the Ray Jobs API at {self.address} refused the job: {first}") from None
-        announce(submission.plans, f"submitted as Ray job {job_id} to {self.address}")
+        announce(submission, f"submitted as Ray job {job_id} to {self.address}")
         files = submission.plans[0].files
         files.write_json(files.ray_job, {"submission_id": job_id, "address": self.address, "submitted_at": time.time()})
         echo(f"[{submission.name}] Ray job {job_id} on {self.address}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from orchestrator.backends.base import Echo
 from orchestrator.controller import record_plan
 from orchestrator.plan import Plan
+from orchestrator.runner import Submission
 from orchestrator.spec import JobSpec
 from workers.rundir.state import RunState, read_state, write_state
 
@@ -35,10 +36,10 @@ def cluster_python(spec: JobSpec) -> str:
     return spec.cluster.python or sys.executable
 
 
-def announce(plans: list[Plan], reason: str) -> None:
+def announce(submission: Submission, reason: str) -> None:
     """The runs are queued elsewhere: their plans and PENDING state, with where they went."""
-    for plan in plans:
-        record_plan(plan)
+    for index, plan in enumerate(submission.plans):
+        record_plan(plan, submission.description(index))
         write_state(plan.run_dir, RunState.PENDING, reason)
 
 

@@ -71,7 +71,7 @@ class SlurmBackend(Backend):
             job = submit_job(self.spec, work_dir)
         except RuntimeError as error:
             raise UserError(f"cluster.slurm: {error}") from None
-        announce(submission.plans, f"queued as Slurm job {job.job_id}")
+        announce(submission, f"queued as Slurm job {job.job_id}")
         gpus = f"{slurm.gpus_per_node} GPUs, " if slurm.gpus_per_node else ""
         echo(
             f"[{submission.name}] Slurm job {job.job_id}: {slurm.nodes} node(s), {gpus}"

@@ -7,6 +7,7 @@ Slurm cluster's internal price (`cluster.slurm.price_per_device_hour`, tier
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +34,15 @@ class DevicePrice:
 
 
 def load_catalog(path: Path | None = None) -> dict[str, dict]:
+    return _read_catalog(path) if path is not None else _shipped_catalog()
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_catalog() -> dict[str, dict]:
+    return _read_catalog(None)
+
+
+def _read_catalog(path: Path | None) -> dict[str, dict]:
     where = str(path) if path else "the shipped prices.yaml"
     try:
         text = path.read_text() if path else resources.files("orchestrator.cost").joinpath("prices.yaml").read_text()

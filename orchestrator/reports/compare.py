@@ -30,8 +30,8 @@ from orchestrator.reports.pareto import Point, best_per_bucket, mean_pareto_accu
 from orchestrator.storage.dataset import read_run_table
 from orchestrator.storage.discovery import group_of, groups, runs_in_group
 from orchestrator.storage.discovery import resolve_runs as resolve_names
+from workers.flop_buckets import FlopBuckets
 from workers.rundir.plan_record import PlanRecord
-from workers.selection import FlopBuckets
 
 FORMATS = ("markdown", "csv", "json")
 DEFAULT_BUCKETS = 6

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from workers.selection import FlopBuckets
+from workers.flop_buckets import FlopBuckets
 
 
 @dataclass(frozen=True)

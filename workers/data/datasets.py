@@ -6,6 +6,7 @@ formats they define; nothing is ever downloaded.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class DatasetInfo:
     test_size: int
 
 
+@functools.lru_cache(maxsize=8)
 def _digits(train: bool, resolution: int) -> TensorDataset:
     from sklearn.datasets import load_digits
 

@@ -95,13 +95,11 @@ def outlook(
     phases: Sequence[tuple[str, int, int]],
     epoch_rows: Sequence[dict],
     subnet_rows: Sequence[dict] = (),
-    job_starts: Sequence[int] = (),
     running: bool = False,
     lost_rows: Sequence[dict] = (),
 ) -> Outlook:
-    """`phases` are (phase, first epoch, last epoch); `job_starts` the first epochs of the training jobs.
-
-    A run that is not running now pays one more set-up when it resumes.
+    """`phases` are (phase, first epoch, last epoch). One training job trains every stage of a run, so a run
+    that is not running now pays one more set-up when it resumes, and one that runs pays none.
     """
     estimator = EpochCostEstimator(forecast, epoch_rows)
     done = {r["epoch"] for r in epoch_rows}
@@ -115,7 +113,7 @@ def outlook(
     next_epoch = min((e for e in range(total_epochs) if e not in done), default=None)
     setups = 0
     if next_epoch is not None:
-        setups = (0 if running else 1) + sum(1 for start in job_starts if start > next_epoch)
+        setups = 0 if running else 1
     train_seconds = None if seconds is None else seconds + setups * estimator.setup_seconds
     remaining = estimator.cost(train_seconds or 0.0)
     eval_wall = 0.0

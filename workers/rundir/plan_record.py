@@ -36,7 +36,6 @@ class PlanRecord:
     method: str | None
     backend: str  # the spec's cluster.backend
     phases: tuple[PhaseSpan, ...]
-    stage_starts: tuple[int, ...]  # the first epoch of each training job (one per stage of the method)
     eval_subnets: int
     budget: BudgetSpec
     mac_range: tuple[int, int] | None  # the supernet's smallest and largest subnet
@@ -64,7 +63,6 @@ class PlanRecord:
                 PhaseSpan(str(p["phase"]), int(p["first_epoch"]), int(p["last_epoch"]))
                 for p in data.get("phases") or []
             ),
-            stage_starts=tuple(int(s["first_epoch"]) for s in data.get("stages") or []),
             eval_subnets=int((data.get("evaluation") or {}).get("subnets") or 0),
             budget=BudgetSpec.model_validate(data.get("budget") or {}),
             mac_range=(int(lo), int(hi)) if isinstance(lo, int) and isinstance(hi, int) else None,
