@@ -52,40 +52,54 @@ def _pids_of(marker: str) -> list[int]:
     return pids
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_spec, tmp_path, shared_cluster):
-    spec = tiny_spec("killed", method={"epochs": 4, "warmup_fraction": 0.5}, cluster=shared_cluster.CLUSTER)
+def _wait_for_registered_checkpoints(run_dir: Path, count: int, process, timeout: float = 300) -> None:
+    """Until Ray Train's controller has registered `count` checkpoints of the run: a restart resumes from those.
+
+    A worker's report returns before the controller registers its checkpoint; the controller's snapshot says
+    which it has.
+    """
+    snapshot = run_dir / "ray" / run_dir.name / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads(snapshot.read_text()).get("current_report_index", 0) >= count:
+                return
+        except (OSError, ValueError):
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"submit exited early: {process.stdout.read() if process.stdout else ''}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {count} registered checkpoints within {timeout}s")
+
+
+def _wait_for_attempt_epoch(run_dir: Path, attempt: int, process, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "epochs.parquet"
+        if path.exists() and attempt in set(pq.read_table(path, columns=["attempt"]).column("attempt").to_pylist()):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"submit exited early: {process.stdout.read() if process.stdout else ''}")
+        time.sleep(0.3)
+    raise AssertionError(f"attempt {attempt} finished no epoch within {timeout}s")
+
+
+def test_a_killed_worker_and_then_an_interrupted_controller_both_resume_from_the_last_checkpoint(
+    tiny_spec, tmp_path, shared_cluster
+):
+    spec = tiny_spec("killed", method={"epochs": 5, "warmup_fraction": 0.4}, cluster=shared_cluster.CLUSTER)
     run_dir = tmp_path / "runs" / "killed"
     process = deps_orch_in_background("submit", str(spec), env=shared_cluster.env)
     try:
-        _wait_for_epochs(run_dir, 2, process)
-        time.sleep(1.0)  # let the epoch's checkpoint reach storage
+        # A worker dies: Ray Train restarts the group, which resumes from the last checkpoint.
+        _wait_for_epochs(run_dir, 1, process)
+        _wait_for_registered_checkpoints(run_dir, 1, process)  # the restarted group resumes from it
         workers = _pids_of("RayTrainWorker")
         assert workers, "no Ray Train worker process found"
         os.kill(workers[-1], signal.SIGKILL)
-        output, _ = process.communicate(timeout=400)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output
-    ledger = _ledger(run_dir)
-    assert list(ledger.epoch) == list(range(4))  # every epoch exactly once
-    first = ledger[ledger.attempt == 0].epoch
-    resumed = ledger[ledger.attempt == 1].epoch
-    assert len(first) >= 1 and len(resumed) >= 1
-    # The restarted group continued after the last checkpoint instead of starting over.
-    assert resumed.min() == first.max() + 1
-    assert ledger.overhead_seconds[resumed.min()] > 0  # the restart's set-up is charged
-    assert json.loads((run_dir / "attempts.json").read_text())["attempts"] == 2
-    assert len(pq.read_table(run_dir / "subnets.parquet")) == 4
-
-
-def test_an_interrupted_controller_resumes_when_submitted_again(tiny_spec, tmp_path, shared_cluster):
-    spec = tiny_spec("interrupted", method={"epochs": 4, "warmup_fraction": 0.5}, cluster=shared_cluster.CLUSTER)
-    run_dir = tmp_path / "runs" / "interrupted"
-    process = deps_orch_in_background("submit", str(spec), env=shared_cluster.env)
-    try:
-        _wait_for_epochs(run_dir, 2, process)
-        time.sleep(1.0)
+        # Then the controller is interrupted (SIGTERM, as scancel or kill sends it) once the restarted group trained.
+        _wait_for_attempt_epoch(run_dir, 1, process)
+        _wait_for_registered_checkpoints(run_dir, 2, process)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -93,17 +107,23 @@ def test_an_interrupted_controller_resumes_when_submitted_again(tiny_spec, tmp_p
             process.kill()
     assert process.returncode == 130, output
     assert "submit" in output and "again to resume" in output
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["state"] == "INTERRUPTED"
+    assert json.loads((run_dir / "state.json").read_text())["state"] == "INTERRUPTED"
     before = _ledger(run_dir)
+    first, resumed = before[before.attempt == 0].epoch, before[before.attempt == 1].epoch
+    assert len(first) >= 1 and len(resumed) >= 1
+    # The restarted group continued after the last checkpoint instead of starting over.
+    assert resumed.min() == first.max() + 1
+    assert before.overhead_seconds[resumed.min()] > 0  # the restart's set-up is charged
 
     again = deps_orch("submit", str(spec), env=shared_cluster.env)
     assert again.returncode == 0, again.stdout + again.stderr
     after = _ledger(run_dir)
-    assert list(after.epoch) == list(range(4))
+    assert list(after.epoch) == list(range(5))  # every epoch exactly once
     kept = before[before.epoch < len(before) - 1]  # the epoch in flight at the interrupt may be redone
     pd.testing.assert_frame_equal(after.iloc[: len(kept)], kept)
-    assert after.attempt.max() == 1 and json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
+    assert after.attempt.max() == 2 and json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
+    assert json.loads((run_dir / "attempts.json").read_text())["attempts"] == 3
+    assert len(pq.read_table(run_dir / "subnets.parquet")) == 4
 
 
 def test_two_runs_submitted_at_once_each_use_a_local_cluster_of_their_own(tiny_spec, tmp_path):

@@ -14,10 +14,10 @@ from workers.methods import METHODS, Target, build_method
 from workers.methods.bignas import BigNASConfig
 from workers.methods.progressive import CompOFAConfig, OFAConfig
 from workers.methods.rss import RSSConfig
+from workers.stage_training import load_frozen_teacher, stage_schedule
 from workers.step import run_step
 from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.space import mobilenetv3_space
-from workers.training_loop import load_frozen_teacher, stage_schedule
 
 SPACE = mobilenetv3_space(0.35, cifar=True, resolution=16)
 KERNEL_FIXED = mobilenetv3_space(0.35, cifar=True, resolution=16, kernel_choices=(7,))

@@ -42,7 +42,7 @@ def _attempts(run_dir: Path) -> int:
     return json.loads((run_dir / "attempts.json").read_text())["attempts"]
 
 
-def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_right_stage(tmp_path, shared_cluster):
+def test_every_method_runs_in_one_comparison_and_resumes_at_the_right_stage(tmp_path, shared_cluster):
     one = {"epochs": 1, "warmup_epochs": 0}
     methods = [
         {"name": "deps", "epochs": 2, "warmup_fraction": 0.5, "eps_ramp_epochs": 1, "subnets_per_step": 3},
@@ -63,11 +63,13 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
             "phase2": one,
             "teacher_divergence": "alpha_divergence",
         },
+        # RSS: one subnet per epoch, largest then smallest (every scheme's order is tests/test_methods.py's).
+        {"name": "rss", "epochs": 2, "selection": "max_then_min"},
     ]
     spec = _write(tmp_path, "cmp", methods)
     result = deps_orch("submit", str(spec), timeout=900, env=shared_cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "4 of 4 runs succeeded" in result.stdout
+    assert "5 of 5 runs succeeded" in result.stdout
     root = tmp_path / "runs"
 
     expected = {
@@ -75,9 +77,10 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
         "ofa": (["teacher", "kernel", "depth1", "depth2", "expand1", "expand2"], [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]),
         "bignas": (["sandwich", "sandwich"], [3.0, 3.0]),
         "compofa": (["teacher", "phase1", "phase2"], [1.0, 4.0, 4.0]),
+        "rss-max-then-min": (["max", "min"], [1.0, 1.0]),
     }
-    for method, (phases, per_step) in expected.items():
-        run_dir = root / f"cmp-{method}"
+    for label, (phases, per_step) in expected.items():
+        run_dir, method = root / f"cmp-{label}", label.split("-")[0]
         ledger = _ledger(run_dir)
         assert list(ledger.epoch) == list(range(len(phases)))  # one global epoch index across stages
         assert list(ledger.phase) == phases and list(ledger.subnets_per_step) == per_step
@@ -102,7 +105,7 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
     report = deps_orch("cost-report", "cmp", "--root", str(root), "--format", "json")
     assert report.returncode == 0, report.stderr
     rows = json.loads(report.stdout)
-    assert [r["method"] for r in rows] == ["deps", "ofa", "bignas", "compofa"]
+    assert [r["method"] for r in rows] == ["deps", "ofa", "bignas", "compofa", "rss"]
     assert all(r["group"] == "cmp" for r in rows)
     for row in rows:
         ledger = _ledger(root / row["run"])
@@ -125,38 +128,6 @@ def test_deps_ofa_bignas_and_compofa_run_as_one_comparison_and_resume_at_the_rig
         pd.testing.assert_frame_equal(_ledger(root / f"cmp-{method}"), before[method])
         assert len(pq.read_table(root / f"cmp-{method}" / "subnets.parquet")) == 2
         assert _attempts(root / f"cmp-{method}") == attempts[method] + (1 if method == "ofa" else 0)
+    # RSS trains the largest subnet alone, then the smallest: no subnet losses beside the first.
+    assert _ledger(root / "cmp-rss-max-then-min").subnet_loss.isna().all()
     assert "expand2" in json.loads((ofa_dir / "stages.json").read_text())
-
-
-def test_rss_sampling_variants_and_selection_schemes_run_end_to_end(tmp_path, shared_cluster):
-    # Every scheme's epoch order is tests/test_methods.py's; here one of each kind runs for real.
-    variants = [
-        {"selection": "random", "sampling": "per_batch", "subnets_per_step": 2},
-        {"selection": "max_then_min"},
-        {"selection": "alternating"},
-    ]
-    spec = _write(
-        tmp_path,
-        "rss",
-        [{"name": "rss", "epochs": 2, **v} for v in variants],
-        dataset={"train_subset": 128},
-        cluster={"num_workers": 1},
-    )
-    result = deps_orch("submit", str(spec), timeout=900, env=shared_cluster.env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "3 of 3 runs succeeded" in result.stdout
-    expected = {
-        "rss-random-per-batch-x2": (["random", "random"], 2.0),
-        "rss-max-then-min": (["max", "min"], 1.0),
-        "rss-alternating": (["max", "min"], 1.0),
-    }
-    root = tmp_path / "runs"
-    for label, (phases, per_step) in expected.items():
-        run_dir = root / f"rss-{label}"
-        ledger = _ledger(run_dir)
-        assert list(ledger.phase) == phases and (ledger.subnets_per_step == per_step).all(), label
-        assert (ledger.group == "rss").all() and (ledger.method == "rss").all()
-        assert ledger.subnet_loss.isna().all() == (per_step == 1.0)
-        assert json.loads((run_dir / "state.json").read_text())["state"] == "SUCCEEDED"
-    report = deps_orch("cost-report", "rss", "--root", str(root), "--format", "json")
-    assert report.returncode == 0 and len(json.loads(report.stdout)) == 3

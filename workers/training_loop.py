@@ -26,17 +26,15 @@ from workers.epoch_guard import EpochGuard
 from workers.forecast_model import ForecastJob, forecast_from_profile
 from workers.job import WorkerSpec
 from workers.methods import Stage, TrainingMethod
-from workers.optim import LRSchedule, build_optimizer, scaled_lr
+from workers.optim import LRSchedule, build_optimizer
 from workers.profiling import measure_profile, untouched
 from workers.rundir.attempts import AttemptLog, next_attempt
 from workers.rundir.forecast import save_forecast
 from workers.rundir.pricing import Usage
 from workers.rundir.stages import record_finished_stage
 from workers.rundir.tables import RunStore
+from workers.stage_training import frozen_teacher, stage_schedule
 from workers.step import run_step, step_rng
-from workers.supernet.factory import build_supernet
-from workers.supernet.space import SearchSpace
-from workers.supernet.supernet import ElasticSupernet
 from workers.worker_setup import WorkerSetup, set_up_worker
 
 CHECKPOINT_FILE = "state.pt"
@@ -55,42 +53,6 @@ class TrainJobConfig:
     init_checkpoint: str | None = None  # the previous stage's final weights: the first stage starts from them
     teacher_checkpoints: dict[str, str] = field(default_factory=dict)  # final weights of stages finished before
     forecast: ForecastJob | None = None  # measure the run's forecast in this job first
-
-
-def load_frozen_teacher(
-    work: WorkerSpec, space: SearchSpace, num_classes: int, checkpoint_file: str, device: torch.device
-) -> ElasticSupernet:
-    """The teacher of a later stage: the largest network with a finished stage's weights, in eval mode, no grads."""
-    state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-    return frozen_teacher(work, space, num_classes, state["model"], device)
-
-
-def frozen_teacher(
-    work: WorkerSpec, space: SearchSpace, num_classes: int, weights: dict, device: torch.device
-) -> ElasticSupernet:
-    teacher = build_supernet(work, space, num_classes)
-    teacher.load_state_dict(weights)
-    teacher.set_active_subnet(space.largest())
-    teacher.requires_grad_(False)
-    return teacher.to(device, memory_format=torch.channels_last).eval()
-
-
-def stage_schedule(
-    work: WorkerSpec, method: TrainingMethod, stage: Stage, global_batch: int, steps_per_epoch: int
-) -> LRSchedule:
-    """The stage's LR schedule: its own LR, warmup and floor where it sets them, the spec's otherwise."""
-    opt = work.optimizer
-    lr = stage.lr if stage.lr is not None else opt.lr
-    lr_batch = stage.lr_batch if stage.lr_batch is not None else opt.lr_batch
-    warmup = stage.warmup_epochs if stage.warmup_epochs is not None else opt.warmup_epochs
-    return LRSchedule(
-        base_lr=scaled_lr(lr, lr_batch, global_batch),
-        total_iterations=stage.epochs * steps_per_epoch,
-        warmup_iterations=int(warmup * steps_per_epoch),
-        kind=opt.schedule,
-        floor=stage.lr_floor if stage.lr_floor is not None else opt.lr_floor,
-        constant_ending=method.lr_constant_ending(),
-    )
 
 
 def quiet_ray_train_logs() -> None:
