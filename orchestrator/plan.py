@@ -143,6 +143,7 @@ class Plan:
             "space": spec.space.model_dump(mode="json"),
             "method": spec.method.model_dump(mode="json"),
             "optimizer": spec.optimizer.model_dump(mode="json"),
+            "precision": spec.precision,
             "cluster": spec.cluster.model_dump(mode="json"),
             "evaluation": spec.evaluation.model_dump(mode="json"),
             "training_price": self.training.price.per_device_hour,

@@ -19,6 +19,7 @@ from workers.evaluation_spec import EvaluationSpec
 from workers.job import WorkerSpec
 from workers.methods import AnyMethodConfig
 from workers.optim import OptimizerSpec
+from workers.precision import Precision
 from workers.rundir.budget import BudgetSpec
 from workers.sections import Section
 from workers.supernet.factory import SpaceSpec
@@ -212,6 +213,9 @@ class ForecastSpec(Section):
 class JobSpec(Section):
     run: str
     seed: int = 0
+    precision: Precision = Field(
+        "fp32", description="the training step's: fp32, or bf16 / fp16 autocast (fp32 losses and weights)"
+    )
     dataset: DatasetSpec = DatasetSpec()
     space: SpaceSpec = SpaceSpec()
     method: AnyMethodConfig | None  # required unless `methods` is given
@@ -281,6 +285,7 @@ class JobSpec(Section):
             evaluation=self.evaluation,
             budget=self.budget,
             threads=self.cluster.cpus_per_worker,
+            precision=self.precision,
         )
 
     def runs(self) -> list[JobSpec]:

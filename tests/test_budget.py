@@ -98,7 +98,7 @@ def test_epoch_guard_stops_for_a_cancel_request_or_the_budget_but_not_after_the_
 
 def test_with_a_budget_every_step_checks_that_the_epoch_in_flight_still_fits(tiny_spec):
     budget_hours = 0.001  # 1.8 s on 2 devices
-    spec = load_spec(tiny_spec("stepped", budget={"max_device_hours": budget_hours}))
+    spec = load_spec(tiny_spec("stepped", budget={"max_device_hours": budget_hours, "check_every_steps": 1}))
     plan = make_plan(spec)
     plan.run_dir.mkdir(parents=True)
     method = build_method(spec.method, build_space(spec), spec.seed)
@@ -129,7 +129,9 @@ def test_a_step_reserves_half_again_the_slowest_step_and_a_job_its_measured_firs
     clock = FakeClock()
 
     def guarded(name: str, budget_seconds: float) -> EpochGuard:
-        spec = load_spec(tiny_spec(name, budget={"max_device_hours": budget_seconds * 2 / 3600}))  # 2 devices
+        spec = load_spec(
+            tiny_spec(name, budget={"max_device_hours": budget_seconds * 2 / 3600, "check_every_steps": 1})
+        )  # 2 devices
         plan = make_plan(spec)
         timings = [PhaseTiming("warmup", 0, [0.2] * 3, 1.5, 1.0), PhaseTiming("shrinking", 2, [0.5] * 3, 0.5, 3.0)]
         slow_start = Profile(2, 2.0, 0.05, timings, [], 8)
@@ -288,7 +290,8 @@ def test_without_a_forecast_the_first_step_finds_the_budget_spent_and_charges_it
     stopped = deps_orch("submit", str(spec), "--set", "budget.max_device_hours=1e-6", env=shared_cluster.env)
     assert stopped.returncode == 3, stopped.stdout + stopped.stderr
     state = _state(run_dir)
-    assert state["state"] == "BUDGET_EXHAUSTED" and "step 1/8 of epoch 1 (warmup)" in state["reason"], state
+    # The in-epoch check comes every 8 steps: the first reserves the epoch's 8 steps.
+    assert state["state"] == "BUDGET_EXHAUSTED" and "step 1-8/8 of epoch 1 (warmup)" in state["reason"], state
     assert "BUDGET_EXHAUSTED before any epoch was trained" in stopped.stdout + stopped.stderr
     assert not (run_dir / "epochs.parquet").exists()
     (lost,) = pq.read_table(run_dir / "lost.parquet").to_pylist()

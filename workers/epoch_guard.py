@@ -57,6 +57,7 @@ class EpochGuard:
         self._epoch, self._phase, self._charged_from = 0, "", 0.0
         self._spent = Usage()
         self._last_step_at: float | None = None
+        self._last_step = 0
         self._steps_end: float | None = None
         self._step_seconds: dict[str, float] = {}  # the slowest step seen per phase in this job
         self._tail_seconds: float | None = None  # the slowest all-reduce + checkpoint + ledger write seen
@@ -100,8 +101,12 @@ class EpochGuard:
                 self._planned_tail = forecast.epoch_fixed_seconds
 
     def before_step(self, step: int) -> bool:
-        """Whether to stop before `step` of the epoch in flight, losing it (the same answer on every rank)."""
-        if not self.spec.budget.limited:
+        """Whether to stop before `step` of the epoch in flight, losing it (the same answer on every rank).
+
+        Only every `budget.check_every_steps`-th step is checked (and broadcast); the check reserves room for
+        the steps until the next one. The others pass without a word between the ranks.
+        """
+        if not self.spec.budget.limited or step % self.spec.budget.check_every_steps != 0:
             return False
         record = self._decide_step(step) if self.rank == 0 else None
         if record is not None:
@@ -139,28 +144,33 @@ class EpochGuard:
 
     def _decide_step(self, step: int) -> StopRecord | None:
         now = self.clock()
-        if self._last_step_at is not None:
-            seconds = now - self._last_step_at
+        if self._last_step_at is not None:  # the mean step since the last check: the steps between are not timed
+            seconds = (now - self._last_step_at) / (step - self._last_step)
             self._step_seconds[self._phase] = max(self._step_seconds.get(self._phase, 0.0), seconds)
-        self._last_step_at = now
+        self._last_step_at, self._last_step = now, step
         in_flight = Usage.of(now - self._charged_from, self.devices, self.price)
-        coming = Usage.of(self._reserve(), self.devices, self.price)
-        what = f"step {step + 1}/{self.steps_per_epoch} of epoch {self._epoch + 1} ({self._phase}) and its checkpoint"
+        steps = min(self.spec.budget.check_every_steps, self.steps_per_epoch - step)  # until the next check
+        coming = Usage.of(self._reserve(steps), self.devices, self.price)
+        last = f"-{step + steps}" if steps > 1 else ""
+        what = (
+            f"step {step + 1}{last}/{self.steps_per_epoch} of epoch {self._epoch + 1} ({self._phase}) "
+            "and its checkpoint"
+        )
         verdict = budget_verdict(self.spec.budget, self._spent + in_flight, coming, what)
         if verdict is None:
             return None
         reason = f"{verdict}; epoch {self._epoch + 1} is charged as lost work"
         return StopRecord(RunState.BUDGET_EXHAUSTED, reason, self._epoch - 1)
 
-    def _reserve(self) -> float:
-        """Seconds to keep for the next step and the epoch's tail (all-reduce, checkpoint, ledger row)."""
+    def _reserve(self, steps: int = 1) -> float:
+        """Seconds to keep for the next `steps` steps and the epoch's tail (all-reduce, checkpoint, ledger row)."""
         step = max(self._step_seconds.get(self._phase, 0.0), self._planned_step or 0.0) or max(
             self._step_seconds.values(), default=0.0
         )
         if not self._step_seconds:  # the job's first step
             step = max(step, self._first_step or 0.0)
         tail = max(self._tail_seconds or 0.0, self._planned_tail or 0.0) or step
-        return STEP_MARGIN * step + tail
+        return STEP_MARGIN * step * steps + tail
 
     def _broadcast(self, stop: bool) -> bool:
         if not (dist.is_available() and dist.is_initialized()):

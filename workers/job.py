@@ -12,6 +12,7 @@ from workers.data.spec import DatasetSpec
 from workers.evaluation_spec import EvaluationSpec
 from workers.methods import AnyMethodConfig
 from workers.optim import OptimizerSpec
+from workers.precision import Precision
 from workers.rundir.budget import BudgetSpec
 from workers.sections import Section
 from workers.supernet.factory import SpaceSpec
@@ -28,3 +29,4 @@ class WorkerSpec(Section):
     evaluation: EvaluationSpec = EvaluationSpec()
     budget: BudgetSpec = BudgetSpec()
     threads: int = Field(1, ge=1, description="torch threads of one training worker (its CPUs)")
+    precision: Precision = "fp32"

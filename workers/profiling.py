@@ -181,9 +181,11 @@ def measure_profile(
             fetches.append(clock() - step_started)
             steps = method.steps(epoch, step, setup.steps_per_epoch, step_rng(work.seed, epoch, step))
             optimizer.zero_grad(set_to_none=True)
-            run_step(net, steps, images, labels, work.optimizer.label_smoothing, setup.distill, teacher)
+            run_step(
+                net, steps, images, labels, work.optimizer.label_smoothing, setup.distill, teacher, setup.precision
+            )
             setup.average_gradients()
-            optimizer.step()
+            setup.precision.step(optimizer, net.parameters(), work.optimizer.grad_clip_norm)
             setup.synchronize()
             times.append(clock() - step_started)
             counts.append(len(steps))

@@ -24,6 +24,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from workers.distillation import DistillationLoss
 from workers.methods import SubnetStep, Target
+from workers.precision import MixedPrecision
 from workers.supernet.supernet import ElasticSupernet
 
 # Gradients are averaged in buckets of about this many bytes: few collectives, none too large to overlap.
@@ -82,22 +83,29 @@ def run_step(
     label_smoothing: float,
     distill: DistillationLoss,
     frozen_teacher: nn.Module | None = None,
+    precision: MixedPrecision | None = None,
 ) -> StepLosses:
-    """Forward and backward every subnet of a minibatch, accumulating gradients in this process."""
+    """Forward and backward every subnet of a minibatch, accumulating gradients in this process.
+
+    Forwards run under `precision`'s autocast; every loss is computed in fp32 from the logits, and scaled by
+    the subnet's gradient weight in fp32.
+    """
+    precision = precision or MixedPrecision("fp32", images.device)
     inplace_logits: torch.Tensor | None = None
     frozen_logits: torch.Tensor | None = None
     first = others_sum = torch.zeros((), device=images.device)
     for i, s in enumerate(steps):
         net.set_active_subnet(s.config)
         net.active_dropout = net.dropout_rate if s.dropout else 0.0
-        logits = net(images)
+        with precision.autocast():
+            logits = net(images).float()
         if s.target is Target.LABELS_AND_KD and frozen_logits is None:
             if frozen_teacher is None:
                 raise RuntimeError("distillation from a frozen teacher needs a stage with a teacher")
-            with torch.no_grad():
-                frozen_logits = frozen_teacher(images)
+            with torch.no_grad(), precision.autocast():
+                frozen_logits = frozen_teacher(images).float()
         loss, logged = subnet_loss(s, logits, labels, label_smoothing, distill, inplace_logits, frozen_logits)
-        (loss * s.grad_weight).backward()
+        precision.backward(loss * s.grad_weight)
         if s.is_teacher:
             inplace_logits = logits.detach()
         if i == 0:

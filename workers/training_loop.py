@@ -34,7 +34,7 @@ from workers.rundir.pricing import Usage
 from workers.rundir.stages import record_finished_stage
 from workers.rundir.tables import RunStore
 from workers.stage_training import frozen_teacher, stage_schedule
-from workers.step import run_step, step_rng
+from workers.step import StepLosses, run_step, step_rng
 from workers.worker_setup import WorkerSetup, set_up_worker
 
 CHECKPOINT_FILE = "state.pt"
@@ -175,6 +175,32 @@ def train_loop_per_worker(config: dict) -> None:
         attempt_log.finish()
 
 
+def train_step(
+    setup: WorkerSetup,
+    epoch: int,
+    step: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    frozen: nn.Module | None = None,
+) -> StepLosses:
+    """One optimiser step on a minibatch: its subnets' passes, one gradient reduction, the update.
+
+    Nothing here waits for the host: the losses stay on the device.
+    """
+    work, method, net, optimizer = setup.work, setup.method, setup.net, setup.optimizer
+    images, labels = setup.on_device(images, labels)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    steps = method.steps(epoch, step, setup.steps_per_epoch, step_rng(work.seed, epoch, step))
+    optimizer.zero_grad(set_to_none=True)
+    smoothing = work.optimizer.label_smoothing
+    losses = run_step(net, steps, images, labels, smoothing, setup.distill, frozen, setup.precision)
+    setup.average_gradients()
+    setup.precision.step(optimizer, net.parameters(), work.optimizer.grad_clip_norm)
+    return losses
+
+
 def _train_epoch(
     setup: WorkerSetup,
     job: TrainJobConfig,
@@ -203,23 +229,14 @@ def _train_epoch(
     for step, (images, labels) in enumerate(setup.loader):
         if guard.before_step(step):
             break
-        images, labels = setup.on_device(images, labels)
         lr = schedule.at((epoch - stage.first_epoch) * steps_per_epoch + step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        steps = method.steps(epoch, step, steps_per_epoch, step_rng(work.seed, epoch, step))
-        optimizer.zero_grad(set_to_none=True)
-        losses = run_step(net, steps, images, labels, work.optimizer.label_smoothing, setup.distill, frozen)
-        setup.average_gradients()
-        if work.optimizer.grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_(net.parameters(), work.optimizer.grad_clip_norm)
-        optimizer.step()
+        losses = train_step(setup, epoch, step, images, labels, lr, frozen)
         if attempt_log is not None:
             attempt_log.heartbeat(epoch)
         loss_sum = loss_sum + losses.first
         sub_sum = sub_sum + losses.others_sum
         sub_count += losses.others
-        subnets += len(steps)
+        subnets += losses.others + 1
     if guard.stopped_mid_epoch:
         if attempt_log is not None:
             attempt_log.abandon_epoch(epoch)

@@ -19,6 +19,7 @@ from workers.distillation import DistillationLoss
 from workers.job import WorkerSpec
 from workers.methods import TrainingMethod, build_method
 from workers.optim import build_optimizer
+from workers.precision import MixedPrecision
 from workers.step import GradientAverager
 from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.supernet import ElasticSupernet
@@ -59,6 +60,7 @@ class WorkerSetup:
     optimizer: torch.optim.Optimizer
     average_gradients: GradientAverager
     distill: DistillationLoss
+    precision: MixedPrecision
 
     @property
     def steps_per_epoch(self) -> int:
@@ -97,6 +99,8 @@ def set_up_worker(
     The optimiser starts at LR 0: the training loop sets every step's LR from its schedule.
     """
     torch.set_num_threads(work.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # a subnet's shapes repeat: the fastest kernels are worth finding
     space = build_space(work)
     method = build_method(work.method, space, work.seed)
     loader, sampler = distributed_train_loader(work, rank, world, device)
@@ -121,4 +125,5 @@ def set_up_worker(
         optimizer=build_optimizer(net, work.optimizer, 0.0),
         average_gradients=GradientAverager(net.parameters(), world),
         distill=method.distillation(),
+        precision=MixedPrecision(work.precision, device),
     )

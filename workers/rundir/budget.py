@@ -35,6 +35,9 @@ class BudgetSpec(BaseModel):
 
     max_dollars: float | None = Field(None, gt=0.0)
     max_device_hours: float | None = Field(None, gt=0.0, description="GPU-hours, or vCPU-hours for CPU runs")
+    check_every_steps: int = Field(
+        8, ge=1, description="steps between the in-epoch checks (each one a broadcast); each reserves that many steps"
+    )
 
     @property
     def limited(self) -> bool:
