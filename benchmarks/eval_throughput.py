@@ -48,7 +48,8 @@ from orchestrator.spec_file import validate_spec  # noqa: E402
 from workers.calibration import calibrate_bn  # noqa: E402
 from workers.data.datasets import calibration_dataset, test_dataset  # noqa: E402
 from workers.evaluation import accuracy_on_batches  # noqa: E402
-from workers.supernet.factory import build_space, build_supernet  # noqa: E402
+from workers.supernet.space_spec import build_space  # noqa: E402
+from workers.supernet.supernet import build_supernet  # noqa: E402
 
 
 def write_digits_image_folder(root: Path, size: int) -> Path:

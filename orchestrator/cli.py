@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"deps-orch: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went (`deps-orch cost-report | head -3`): nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
+        return 0
 
 
 if __name__ == "__main__":

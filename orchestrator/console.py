@@ -4,11 +4,14 @@ While a run executes, file descriptors 1 and 2 of this process (and of what it
 starts) lead into a pipe. What arrives there — library warnings, Ray's log lines
 from its core worker and from the workers it forwards — is appended to the run's
 `run.log`, marked `[library]`, and with `--verbose` also shown on the terminal.
-Our own lines go to the terminal through `echo` and `error`.
+Our own lines go to the terminal through `echo` and `error`. A terminal that
+goes away (the reader of a pipe exits, as `| head` does) stops the echo, never
+the run: its lines are in `run.log` anyway.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -25,14 +28,26 @@ class QuietConsole:
         self._out: TextIO | None = None
         self._err: TextIO | None = None
         self._pump: threading.Thread | None = None
+        self._gone: set[str] = set()  # "out", "err": terminal streams whose reader has gone
 
     def echo(self, line: str) -> None:
         """One of our lines, on the terminal's standard output."""
-        print(line, file=self._out or sys.stdout, flush=True)
+        self._write("out", self._out or sys.stdout, line)
 
     def error(self, line: str) -> None:
         """One of our errors, on the terminal's standard error."""
-        print(line, file=self._err or sys.stderr, flush=True)
+        self._write("err", self._err or sys.stderr, line)
+
+    def _write(self, name: str, stream: TextIO, line: str) -> None:
+        if name in self._gone:
+            return
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except OSError as error:
+            if not isinstance(error, BrokenPipeError) and error.errno != errno.EPIPE:
+                raise
+            self._gone.add(name)
 
     def __enter__(self) -> QuietConsole:
         sys.stdout.flush()
@@ -60,8 +75,7 @@ class QuietConsole:
                     except OSError:
                         pass
                 if self.verbose and self._err is not None:
-                    self._err.write(line + "\n")
-                    self._err.flush()
+                    self._write("err", self._err, line)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -69,10 +83,17 @@ class QuietConsole:
         sys.stdout.flush()
         sys.stderr.flush()
         assert self._out is not None and self._err is not None
-        os.dup2(self._out.fileno(), 1)  # the pipe's last writers here are gone: the pump reads to its end
-        os.dup2(self._err.fileno(), 2)
+        # The pipe's last writers here are gone: the pump reads to its end. A terminal stream whose reader went
+        # becomes /dev/null, so what is printed later (and Python's flush at exit) does not fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull if "out" in self._gone else self._out.fileno(), 1)
+        os.dup2(devnull if "err" in self._gone else self._err.fileno(), 2)
+        os.close(devnull)
         if self._pump is not None:
             self._pump.join(timeout=2.0)  # a process that kept the pipe open must not hold the run up
-        self._out.close()
-        self._err.close()
+        for stream in (self._out, self._err):
+            try:
+                stream.close()
+            except OSError:  # a gone reader: what was buffered has nowhere to go
+                pass
         self._out = self._err = None

@@ -23,9 +23,9 @@ from workers.methods import Stage, TrainingMethod, build_method
 from workers.rundir.layout import RunDir, run_dir_for
 from workers.rundir.plan_record import PhaseSpan, PlanRecord
 from workers.selection import select_subnets
-from workers.supernet.factory import build_space
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SearchSpace, SubnetConfig
+from workers.supernet.space_spec import build_space
 
 
 @dataclass(frozen=True)

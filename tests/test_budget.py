@@ -26,7 +26,7 @@ from workers.rundir.pricing import Usage
 from workers.rundir.state import RunState
 from workers.rundir.stops import RunStopped, raise_if_stopped, read_stop, request_cancel
 from workers.rundir.tables import RunStore
-from workers.supernet.factory import build_space
+from workers.supernet.space_spec import build_space
 
 
 class FakeClock:

@@ -7,13 +7,12 @@ import torch.nn.functional as F
 
 from workers.distillation import (
     AdaptiveAlphaDivergence,
-    AlphaDivergenceConfig,
-    KLConfig,
     KLDivergence,
     alpha_divergence,
     build_distillation,
     clipped_surrogate,
 )
+from workers.distillation_spec import AlphaDivergenceConfig, Distillation, KLConfig
 
 
 @pytest.fixture(autouse=True)
@@ -131,10 +130,10 @@ def test_kl_loss_with_temperature_is_scaled_kl_of_softened_distributions():
 def test_teacher_gets_no_gradient_and_config_builds_the_loss():
     teacher = _random_logits(12).requires_grad_(True)
     student = _random_logits(13).requires_grad_(True)
-    objective, _ = build_distillation(AlphaDivergenceConfig(), 1.0)(student, teacher)
+    objective, _ = build_distillation(Distillation(AlphaDivergenceConfig(), 1.0))(student, teacher)
     objective.backward()
     assert teacher.grad is None and student.grad is not None
-    assert isinstance(build_distillation(KLConfig(), 2.0), KLDivergence)
+    assert isinstance(build_distillation(Distillation(KLConfig(), 2.0)), KLDivergence)
     assert AlphaDivergenceConfig().model_dump() == {
         "name": "alpha_divergence",
         "alpha_min": -1.0,

@@ -25,7 +25,8 @@ from workers.data.datasets import train_dataset
 from workers.rundir.parquet_table import write_atomic
 from workers.rundir.tables import RunStore
 from workers.selection import FlopBuckets
-from workers.supernet.factory import build_space, build_supernet
+from workers.supernet.space_spec import build_space
+from workers.supernet.supernet import build_supernet
 
 pytestmark = pytest.mark.ray
 

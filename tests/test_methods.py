@@ -9,15 +9,16 @@ import torch
 from pydantic import ValidationError
 
 from orchestrator.spec_file import validate_spec
-from workers.distillation import AdaptiveAlphaDivergence, KLDivergence
+from workers.distillation import AdaptiveAlphaDivergence, KLDivergence, build_distillation
 from workers.methods import METHODS, Target, build_method
 from workers.methods.bignas import BigNASConfig
 from workers.methods.progressive import CompOFAConfig, OFAConfig
 from workers.methods.rss import RSSConfig
 from workers.stage_training import load_frozen_teacher, stage_schedule
 from workers.step import run_step
-from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.space import mobilenetv3_space
+from workers.supernet.space_spec import build_space
+from workers.supernet.supernet import build_supernet
 
 SPACE = mobilenetv3_space(0.35, cifar=True, resolution=16)
 KERNEL_FIXED = mobilenetv3_space(0.35, cifar=True, resolution=16, kernel_choices=(7,))
@@ -355,9 +356,10 @@ def test_every_distilling_method_can_choose_its_divergence(tmp_path):
     alpha = {"name": "alpha_divergence", "alpha_min": -1, "alpha_max": 1, "clip": 5}
     for name in ("deps", "ofa", "bignas", "compofa"):
         spec = _tiny_spec(tmp_path, {"name": name, "teacher_divergence": alpha, "kd_temperature": 2.0})
-        loss = build_method(spec.method, build_space(spec)).distillation()
+        loss = build_distillation(build_method(spec.method, build_space(spec)).distillation())
         assert isinstance(loss, AdaptiveAlphaDivergence) and loss.temperature == 2.0
-        assert isinstance(build_method(_tiny_spec(tmp_path, {"name": name}).method, SPACE).distillation(), KLDivergence)
+        default = build_method(_tiny_spec(tmp_path, {"name": name}).method, SPACE).distillation()
+        assert isinstance(build_distillation(default), KLDivergence)
     with pytest.raises(Exception, match="teacher_divergence"):
         _tiny_spec(tmp_path, {"name": "rss", "teacher_divergence": "kl"})  # RSS does not distil
 

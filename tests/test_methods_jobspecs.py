@@ -10,7 +10,7 @@ from orchestrator.spec_file import load_spec
 from tests.conftest import REPO
 from tests.disk_formats import write_cifar10, write_cifar100, write_image_folder
 from workers.methods import build_method
-from workers.supernet.factory import build_space
+from workers.supernet.space_spec import build_space
 
 SPECS = sorted(p.name for p in (REPO / "jobspecs").glob("*.yaml"))
 

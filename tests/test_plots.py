@@ -21,7 +21,8 @@ from workers.diagnostics import (
 )
 from workers.methods import build_method
 from workers.rundir.tables import RunStore
-from workers.supernet.factory import build_space, build_supernet
+from workers.supernet.space_spec import build_space
+from workers.supernet.supernet import build_supernet
 
 
 def test_class_correlation_by_hand():

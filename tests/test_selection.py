@@ -89,6 +89,12 @@ def test_populations_stay_within_tolerance_of_each_target():
     assert selection.details["found_per_target"] == [10, 10] and len(selection.subnets) == 20
     near = [min(abs(macs(c) / 1e6 - t) for t in targets) for c in selection.subnets]
     assert max(near) <= 0.1
+    # The runs of a comparison sharing the selection get the same subnets, each with details of its own.
+    selection.details["found_per_target"].append(99)
+    again = select_subnets(SPACE, 10, strategy, 6, seed=0)
+    assert again.subnets == selection.subnets and again.details["found_per_target"] == [10, 10]
+    other_seed = select_subnets(SPACE, 10, strategy, 6, seed=1)
+    assert set(other_seed.subnets) != set(selection.subnets)
 
 
 def test_a_target_outside_the_range_is_a_one_line_error_naming_the_field(tmp_path, tiny_spec):

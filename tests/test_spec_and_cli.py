@@ -1,8 +1,12 @@
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from orchestrator.cli import main
 from orchestrator.errors import UserError
 from orchestrator.spec_file import load_spec
 from tests.conftest import REPO, deps_orch
@@ -57,11 +61,25 @@ def test_set_overrides_any_field_with_typed_values(tmp_path):
         load_spec(path, ["method.epochs"])
 
 
-def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
-    cases = [
+def test_a_spec_is_checked_without_loading_torch(tmp_path):
+    """Every command checks its spec first; a mistake in it is reported in well under a second, not after torch."""
+    path = write(tmp_path, {"run": "x", "method": {"name": "bignas", "teacher_divergence": "alpha_divergence"}})
+    script = (
+        "import sys; from pathlib import Path; from orchestrator.spec_file import load_spec; "
+        f"spec = load_spec(Path({str(path)!r})); spec.runs(); print(sorted(m for m in sys.modules if m == 'torch'))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys):
+    spec_errors = [
         (write(tmp_path, {"run": "x", "method": {"name": "dep"}}, "a.yaml"), "method.name: unknown 'dep'"),
         (write(tmp_path, "run: [unclosed", "b.yaml"), "not valid YAML"),
         (tmp_path / "missing.yaml", "no such spec file"),
+    ]
+    plan_errors = [
         (
             write(
                 tmp_path,
@@ -79,12 +97,18 @@ def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
             "cluster: 64 workers x 1 CPUs = 64, but this machine has",
         ),
     ]
-    for path, message in cases:
+    for path, message in spec_errors:  # as a user runs it: a process of its own
         result = deps_orch("submit", str(path), "--dry-run")
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
-        assert pytest.importorskip("re").search(message, result.stderr), result.stderr
+        assert re.search(message, result.stderr), result.stderr
+    for path, message in plan_errors:  # the same entry point, in this process: it loads torch and Ray only once
+        assert main(["submit", str(path), "--dry-run"]) == 2
+        captured = capsys.readouterr()
+        assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("deps-orch: error: ")
+        assert re.search(message, captured.err), captured.err
+        assert captured.out == ""
     result = deps_orch("cost-report", "no-such-run", "--root", str(tmp_path))
     assert result.returncode == 2 and "no-such-run: no run there" in result.stderr
 

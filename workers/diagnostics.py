@@ -31,6 +31,7 @@ from torch.utils.data import Subset
 from workers.calibration import calibrate_bn
 from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
 from workers.data.spec import DatasetSpec
+from workers.distillation import build_distillation
 from workers.evaluation_spec import DiagnosticsConfig
 from workers.job import WorkerSpec
 from workers.methods import Target, TrainingMethod
@@ -259,7 +260,7 @@ def record_diagnostics(
                 images.to(device).contiguous(memory_format=torch.channels_last),
                 labels.to(device),
                 spec.optimizer.label_smoothing,
-                method.distillation(),
+                build_distillation(method.distillation()),
                 spec.seed + epoch,
             )
             seconds, now = time.time() - started, datetime.now(timezone.utc)

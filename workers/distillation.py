@@ -12,47 +12,16 @@ T; every loss is scaled by T² so its gradients keep their size as T changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Annotated, Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from workers.distillation_spec import AlphaDivergenceConfig, Distillation
 
 LossPair = tuple[torch.Tensor, torch.Tensor]  # (objective to back-propagate, value to log)
 
 # Below this distance from 0 or 1, α is taken to be exactly the reverse-KL or KL limit.
 ALPHA_LIMIT_TOLERANCE = 1e-6
-
-
-class _LossConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class KLConfig(_LossConfig):
-    name: Literal["kl"] = "kl"
-
-
-class AlphaDivergenceConfig(_LossConfig):
-    name: Literal["alpha_divergence"] = "alpha_divergence"
-    alpha_min: float = Field(-1.0, description="α₋, penalises a student over-estimating the teacher's uncertainty")
-    alpha_max: float = Field(1.0, description="α₊, penalises a student under-estimating it")
-    clip: float = Field(5.0, gt=0.0, description="β: the importance ratio (p/q)^α is clipped at this in the gradient")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AlphaDivergenceConfig:
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min {self.alpha_min} is above alpha_max {self.alpha_max}")
-        return self
-
-
-def _name_only(value: Any) -> Any:
-    """`teacher_divergence: kl` is short for `teacher_divergence: {name: kl}`."""
-    return {"name": value} if isinstance(value, str) else value
-
-
-DivergenceConfig = Annotated[
-    Union[KLConfig, AlphaDivergenceConfig], Field(discriminator="name"), BeforeValidator(_name_only)
-]
 
 
 class DistillationLoss(ABC):
@@ -127,7 +96,8 @@ class AdaptiveAlphaDivergence(DistillationLoss):
         return objective, torch.maximum(d_min, d_max)
 
 
-def build_distillation(config: KLConfig | AlphaDivergenceConfig, temperature: float = 1.0) -> DistillationLoss:
+def build_distillation(choice: Distillation) -> DistillationLoss:
+    config, temperature = choice.divergence, choice.temperature
     if isinstance(config, AlphaDivergenceConfig):
         return AdaptiveAlphaDivergence(config.alpha_min, config.alpha_max, config.clip, temperature)
     return KLDivergence(temperature)

@@ -15,9 +15,10 @@ import torch
 
 from workers.calibration import calibrate_bn
 from workers.job import WorkerSpec
-from workers.supernet.factory import build_space, build_supernet
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
+from workers.supernet.space_spec import build_space
+from workers.supernet.supernet import build_supernet
 
 
 def _batches(images: torch.Tensor, size: int, device: torch.device) -> list[torch.Tensor]:

@@ -11,11 +11,11 @@ from pydantic import Field
 from workers.data.spec import DatasetSpec
 from workers.evaluation_spec import EvaluationSpec
 from workers.methods import AnyMethodConfig
-from workers.optim import OptimizerSpec
-from workers.precision import Precision
+from workers.optim_spec import OptimizerSpec
+from workers.precision_spec import Precision
 from workers.rundir.budget import BudgetSpec
 from workers.sections import Section
-from workers.supernet.factory import SpaceSpec
+from workers.supernet.space_spec import SpaceSpec
 
 
 class WorkerSpec(Section):

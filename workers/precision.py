@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from typing import Literal
 
 import torch
 from torch import nn
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from workers.precision_spec import Precision
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -33,9 +33,9 @@ from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
 from workers.evaluation import SubnetEvaluator
 from workers.job import WorkerSpec
 from workers.step import run_step, step_rng
-from workers.supernet.factory import build_supernet
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
+from workers.supernet.supernet import build_supernet
 from workers.worker_setup import WorkerSetup, set_up_worker
 
 Clock = Callable[[], float]

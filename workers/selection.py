@@ -13,6 +13,7 @@ gene's choice on a random position `t` of its choice list.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -290,7 +291,24 @@ class Selection:
 def select_subnets(
     space: SearchSpace, num_classes: int, strategy: _Selection, spread_count: int, seed: int
 ) -> Selection:
-    """The subnets to evaluate first. For `evolution` that is the initial population; rounds follow later."""
+    """The subnets to evaluate first. For `evolution` that is the initial population; rounds follow later.
+
+    A pure function of its arguments, kept for the process: the runs of a comparison that share a space and a
+    selection (RSS's nine schemes, 500 subnets each found by rejection sampling) select once.
+    """
+    key = (repr(space), num_classes, strategy, spread_count, seed)  # a space's repr is its value (dicts included)
+    if key not in _SELECTED:
+        if len(_SELECTED) >= 16:
+            _SELECTED.pop(next(iter(_SELECTED)))
+        _SELECTED[key] = _select(space, num_classes, strategy, spread_count, seed)
+    chosen = _SELECTED[key]
+    return Selection(chosen.subnets, copy.deepcopy(chosen.details))
+
+
+_SELECTED: dict[tuple, Selection] = {}
+
+
+def _select(space: SearchSpace, num_classes: int, strategy: _Selection, spread_count: int, seed: int) -> Selection:
     if isinstance(strategy, SpreadSelection):
         subnets = spread_over_macs(space, num_classes, spread_count, seed)
         return Selection(tuple(subnets), {"subnets": len(subnets)})

@@ -7,9 +7,8 @@ import torch
 from workers.job import WorkerSpec
 from workers.methods import Stage, TrainingMethod
 from workers.optim import LRSchedule, scaled_lr
-from workers.supernet.factory import build_supernet
 from workers.supernet.space import SearchSpace
-from workers.supernet.supernet import ElasticSupernet
+from workers.supernet.supernet import ElasticSupernet, build_supernet
 
 
 def load_frozen_teacher(

@@ -15,14 +15,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from workers.data.datasets import num_classes, train_dataset
-from workers.distillation import DistillationLoss
+from workers.distillation import DistillationLoss, build_distillation
 from workers.job import WorkerSpec
 from workers.methods import TrainingMethod, build_method
 from workers.optim import build_optimizer
 from workers.precision import MixedPrecision
 from workers.step import GradientAverager
-from workers.supernet.factory import build_space, build_supernet
-from workers.supernet.supernet import ElasticSupernet
+from workers.supernet.space_spec import build_space
+from workers.supernet.supernet import ElasticSupernet, build_supernet
 
 
 def distributed_train_loader(
@@ -124,6 +124,6 @@ def set_up_worker(
         net=net,
         optimizer=build_optimizer(net, work.optimizer, 0.0),
         average_gradients=GradientAverager(net.parameters(), world),
-        distill=method.distillation(),
+        distill=build_distillation(method.distillation()),
         precision=MixedPrecision(work.precision, device),
     )

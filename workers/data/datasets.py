@@ -49,23 +49,26 @@ def _digits(train: bool, resolution: int) -> TensorDataset:
 def _load(spec: DatasetSpec, train: bool, augment: bool) -> Dataset:
     if spec.name == "digits":
         return _digits(train, spec.resolution)
-    # torchvision takes seconds to import, in the controller and in every worker: only when it reads the data.
-    from workers.data.disk_formats import LocalCIFAR10, LocalCIFAR100, cifar_transform, image_folder, imagenet_transform
-
     root = Path(spec.root).expanduser()
+    # The layout is checked first: a wrong root is reported at once, not after importing torchvision.
     if spec.name in CIFAR_FOLDERS:
-        cls = LocalCIFAR10 if spec.name == "cifar10" else LocalCIFAR100
         if not (root / CIFAR_FOLDERS[spec.name]).is_dir():
             raise DatasetNotFound(
                 f"dataset.root: {root} has no {CIFAR_FOLDERS[spec.name]}/ (the python-pickle {spec.name} format)"
             )
+    else:
+        split = root / ("train" if train else "val")
+        if not split.is_dir():
+            raise DatasetNotFound(f"dataset.root: {root} has no {split.name}/ folder (layout: <split>/<class>/<image>)")
+    # torchvision takes seconds to import, in the controller and in every worker: only when it reads the data.
+    from workers.data.disk_formats import LocalCIFAR10, LocalCIFAR100, cifar_transform, image_folder, imagenet_transform
+
+    if spec.name in CIFAR_FOLDERS:
+        cls = LocalCIFAR10 if spec.name == "cifar10" else LocalCIFAR100
         try:
             return cls(str(root), train=train, transform=cifar_transform(augment, spec.resolution, spec.auto_augment))
         except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
             raise DatasetNotFound(f"dataset.root: {root}/{CIFAR_FOLDERS[spec.name]}: {error}") from None
-    split = root / ("train" if train else "val")
-    if not split.is_dir():
-        raise DatasetNotFound(f"dataset.root: {root} has no {split.name}/ folder (layout: <split>/<class>/<image>)")
     transform = imagenet_transform(augment, spec.resolution, spec.auto_augment)
     try:
         return image_folder(split, transform)

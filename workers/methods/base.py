@@ -9,6 +9,11 @@ gradients), and records the method's phase and scalars in the ledger. A method
 never touches the optimiser or the data; it shapes training through its stages
 (LR, warmup, the frozen teacher), its LR ending, its initialisation and its
 distillation loss.
+
+A method module loads without torch (its config is part of the job spec, which
+every CLI command checks first): what it needs of torch it reaches through the
+network it is handed, and it names its distillation loss as settings
+(`Distillation`) that the workers build.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from workers.distillation import DistillationLoss, DivergenceConfig, KLConfig, KLDivergence, build_distillation
+from workers.distillation_spec import Distillation, DivergenceConfig, KLConfig
 from workers.supernet.space import SearchSpace, SubnetConfig
+
+if TYPE_CHECKING:  # the type alone: see above
+    from workers.supernet.supernet import ElasticSupernet
 
 
 class Target(str, Enum):
@@ -145,15 +152,15 @@ class TrainingMethod(ABC):
         """Method-specific values recorded with each epoch (for example DepS's ε)."""
         return {}
 
-    def distillation(self) -> DistillationLoss:
+    def distillation(self) -> Distillation:
         """The loss of INPLACE_KD and LABELS_AND_KD steps."""
-        return KLDivergence(1.0)
+        return Distillation()
 
     def lr_constant_ending(self) -> float | None:
         """If set, the cosine schedule decays towards 0 but holds once it reaches this fraction of the initial LR."""
         return None
 
-    def init_weights(self, net: nn.Module) -> None:  # noqa: B027 (a hook: most methods keep PyTorch's init)
+    def init_weights(self, net: ElasticSupernet) -> None:  # noqa: B027 (a hook: most methods keep PyTorch's init)
         """Called once on a freshly built supernet, before any training (not on resume or a later stage)."""
 
 
@@ -167,5 +174,5 @@ class DistillingConfig(MethodConfig):
 class DistillingMethod(TrainingMethod, ABC):
     config: DistillingConfig
 
-    def distillation(self) -> DistillationLoss:
-        return build_distillation(self.config.teacher_divergence, self.config.kd_temperature)
+    def distillation(self) -> Distillation:
+        return Distillation(self.config.teacher_divergence, self.config.kd_temperature)

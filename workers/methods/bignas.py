@@ -18,13 +18,14 @@
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from workers.methods.base import DistillingConfig, DistillingMethod, SubnetStep, Target
+
+if TYPE_CHECKING:  # the type alone: a method module loads without torch (see base.py)
+    from workers.supernet.supernet import ElasticSupernet
 
 
 class BigNASConfig(DistillingConfig):
@@ -51,15 +52,6 @@ class BigNAS(DistillingMethod):
     def lr_constant_ending(self) -> float | None:
         return self.config.lr_constant_ending
 
-    def init_weights(self, net: nn.Module) -> None:
+    def init_weights(self, net: ElasticSupernet) -> None:
         if self.config.zero_init_residual_gamma:
-            zero_residual_gammas(net)
-
-
-@torch.no_grad()
-def zero_residual_gammas(net: nn.Module) -> int:
-    """Set γ of the last BN in every residual block to 0; returns how many blocks."""
-    blocks = net.residual_blocks()
-    for block in blocks:
-        block.project_bn.bn.weight.zero_()
-    return len(blocks)
+            net.zero_residual_gammas()

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.supernet.standalone import SqueezeExcite, se_mid_channels
+from workers.supernet.space import se_mid_channels
+from workers.supernet.standalone import SqueezeExcite
 
 
 class DynamicPointConv2d(nn.Module):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from workers.supernet.space import SearchSpace, SubnetConfig
-from workers.supernet.standalone import se_mid_channels
-from workers.supernet.supernet import mid_channels
+from workers.supernet.space import SearchSpace, SubnetConfig, mid_channels, se_mid_channels
 
 
 @dataclass(frozen=True)

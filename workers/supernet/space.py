@@ -25,6 +25,16 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+def mid_channels(in_channels: int, expand: float) -> int:
+    """Width of an inverted-residual block's expanded (depthwise) layer."""
+    return make_divisible(round(in_channels * expand), 8)
+
+
+def se_mid_channels(channels: int) -> int:
+    """Width of a squeeze-and-excite module's reduced layer."""
+    return make_divisible(channels // 4, 8)
+
+
 @dataclass(frozen=True)
 class StageConfig:
     kernels: tuple[int, ...]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.supernet.space import make_divisible
+from workers.supernet.space import se_mid_channels
 
 
 def build_activation(name: str) -> nn.Module:
@@ -15,10 +15,6 @@ def build_activation(name: str) -> nn.Module:
     if name not in activations:
         raise ValueError(f"unknown activation {name!r}; allowed: {sorted(activations)}")
     return activations[name](inplace=True)
-
-
-def se_mid_channels(channels: int) -> int:
-    return make_divisible(channels // 4, 8)
 
 
 class SqueezeExcite(nn.Module):

@@ -14,12 +14,9 @@ from workers.supernet.dynamic_ops import (
     DynamicPointConv2d,
     DynamicSqueezeExcite,
 )
-from workers.supernet.space import SearchSpace, SubnetConfig, make_divisible
+from workers.supernet.space import SearchSpace, SubnetConfig, mid_channels
+from workers.supernet.space_spec import DescribesSupernet
 from workers.supernet.standalone import MBConvBlock, StandaloneNet, build_activation
-
-
-def mid_channels(in_channels: int, expand: float) -> int:
-    return make_divisible(round(in_channels * expand), 8)
 
 
 def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int, act: str, bn_momentum: float) -> nn.Sequential:
@@ -169,3 +166,15 @@ class ElasticSupernet(nn.Module):
     def residual_blocks(self) -> list[DynamicMBConv]:
         """Blocks with an identity shortcut (stride 1, same width): the ones depth can skip."""
         return [b for b in [self.first_block, *[b for s in self.stages for b in s]] if b.residual]
+
+    @torch.no_grad()
+    def zero_residual_gammas(self) -> int:
+        """Set γ of the last BN in every residual block to 0 (each block starts as the identity); returns how many."""
+        blocks = self.residual_blocks()
+        for block in blocks:
+            block.project_bn.bn.weight.zero_()
+        return len(blocks)
+
+
+def build_supernet(spec: DescribesSupernet, space: SearchSpace, num_classes: int) -> ElasticSupernet:
+    return ElasticSupernet(space, num_classes, dropout=spec.space.dropout, bn_momentum=spec.space.bn_momentum)

@@ -1,4 +1,4 @@
-"""The `space` section of a job spec, and building the search space and supernet it describes."""
+"""The `space` section of a job spec, and the search space it describes (the supernet is built in `supernet.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pydantic import Field, field_validator
 from workers.data.spec import DatasetSpec
 from workers.sections import Section
 from workers.supernet.space import SPACES, SearchSpace
-from workers.supernet.supernet import ElasticSupernet
 
 
 class SpaceSpec(Section):
@@ -61,7 +60,3 @@ def build_space(spec: DescribesSupernet) -> SearchSpace:
         depth_choices=s.depth_choices,
         kernel_transforms=s.kernel_transforms,
     )
-
-
-def build_supernet(spec: DescribesSupernet, space: SearchSpace, num_classes: int) -> ElasticSupernet:
-    return ElasticSupernet(space, num_classes, dropout=spec.space.dropout, bn_momentum=spec.space.bn_momentum)
