@@ -126,7 +126,10 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture
 def tiny_spec(tmp_path: Path):
-    """Write a small DepS spec on the digits data into tmp_path; returns a function taking overrides."""
+    """Write a small DepS spec on the digits data into tmp_path; returns a function taking overrides.
+
+    Its forecast times 2 steps a phase and it takes no diagnostics: the tests of those ask for them.
+    """
     import yaml
 
     def write(name: str = "tiny", **sections) -> Path:
@@ -144,7 +147,14 @@ def tiny_spec(tmp_path: Path):
             },
             "optimizer": {"lr": 0.1, "lr_batch": 64},
             "cluster": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 3},
-            "evaluation": {"subnets": 2, "calibration_images": 128, "calibration_batch_size": 64, "workers": 2},
+            "evaluation": {
+                "subnets": 2,
+                "calibration_images": 128,
+                "calibration_batch_size": 64,
+                "workers": 2,
+                "diagnostics": {"enabled": False},
+            },
+            "forecast": {"steps": 2},
             "storage": {"root": str(tmp_path / "runs")},
         }
         for key, value in sections.items():

@@ -20,7 +20,13 @@ TINY = {
     "space": {"width_mult": 0.35, "cifar_variant": True, "bn_momentum": 0.1},
     "optimizer": {"lr": 0.1, "lr_batch": 64},
     "cluster": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1, "backend": "ray", "address": "auto"},
-    "evaluation": {"subnets": 0, "calibration_images": 64, "calibration_batch_size": 64, "workers": 1},
+    "evaluation": {
+        "subnets": 0,
+        "calibration_images": 64,
+        "calibration_batch_size": 64,
+        "workers": 1,
+        "diagnostics": {"enabled": False},  # taken, and tested, in tests/test_dashboard_metrics.py
+    },
     "forecast": {"measure": False},
 }
 
@@ -92,7 +98,7 @@ def test_every_method_runs_in_one_comparison_and_resumes_at_the_right_stage(tmp_
         stages = json.loads((run_dir / "stages.json").read_text())
         assert len(stages) == (len(phases) if method in ("ofa", "compofa") else 1)
         # One worker group trains every stage: the stages follow one another in one Ray Train job, and every
-        # second between two epochs (a stage change, the diagnostics) is the next epoch's overhead.
+        # second between two epochs (a stage change) is the next epoch's overhead.
         assert _attempts(run_dir) == 1 and (ledger.overhead_seconds > 0).all()
         assert ledger.overhead_seconds[0] == ledger.overhead_seconds.max()  # the set-up
     # CompOFA evaluates subnets of its coupled space (kernel 7); the others' smallest has kernel 3.

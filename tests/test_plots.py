@@ -37,7 +37,9 @@ def test_class_correlation_by_hand():
 
 @pytest.fixture
 def tiny(tiny_spec):
-    spec = load_spec(tiny_spec("diag")).worker_spec()  # DepS, 4 epochs: warmup 0-1, shrinking 2-3, 3 subnets per step
+    spec = load_spec(
+        tiny_spec("diag", evaluation={"diagnostics": {"enabled": True}})
+    ).worker_spec()  # DepS, 4 epochs: warmup 0-1, shrinking 2-3, 3 subnets per step
     method = build_method(spec.method, build_space(spec), spec.seed)
     with one_thread_float32():
         torch.manual_seed(0)

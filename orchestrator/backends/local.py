@@ -25,6 +25,9 @@ from orchestrator.ray_env import prepare_ray_environment
 from orchestrator.runner import Submission, run_here
 
 METRICS_PORT_ENV = "DEPS_ORCH_METRICS_EXPORT_PORT"  # the local cluster's Prometheus metrics port
+# Ray Train's preemption watcher (an actor per run) polls Ray for nodes an autoscaler drains; nothing drains
+# this machine, so a local run starts without it (Ray Train hands the setting on to its controller).
+LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 EXPOSE_WARNING = (
     "cluster.expose_dashboard: the Ray dashboard listens on all interfaces; its Jobs API runs arbitrary code "
     "as this user for anyone who can reach the port and holds the token. Use it only on a trusted network."
@@ -56,8 +59,10 @@ def local_cluster(spec) -> Iterator[None]:
         print(f"deps-orch: warning: {EXPOSE_WARNING}", file=sys.stderr)
     on_sigterm = signal.getsignal(signal.SIGTERM)
     own_dir = tempfile.mkdtemp(prefix="deps-ray-")  # short: Ray's socket paths live under it
-    previous_tmpdir = os.environ.get("RAY_TMPDIR")
+    previous = {name: os.environ.get(name) for name in ["RAY_TMPDIR", *LOCAL_RAY_TRAIN_ENV]}
     os.environ["RAY_TMPDIR"] = own_dir
+    for name, value in LOCAL_RAY_TRAIN_ENV.items():
+        os.environ.setdefault(name, value)  # the user's own setting wins
     try:
         ray.init(
             address="local",
@@ -90,9 +95,10 @@ def local_cluster(spec) -> Iterator[None]:
         raise
     finally:
         ray.shutdown()
-        if previous_tmpdir is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = previous_tmpdir
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if not failed:
             shutil.rmtree(own_dir, ignore_errors=True)
