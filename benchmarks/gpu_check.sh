@@ -20,7 +20,7 @@
 # --cpu-dry-run runs every step on the CPU at 32 px on a handful of images: everything but the CUDA kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="gpu_check.json" wheels="" dry="" skip_run=""
+out="gpu_check.json" wheels="" dry="" skip_run="" failed=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="$2"; shift 2 ;;
@@ -71,14 +71,19 @@ elif ! "$python" -c "import ray, submitit" 2>/dev/null && ! "$python" -m pip ins
     say "(c) skipped: the package does not install here (Ray is needed)"
 else
     say "(c) deps-orch submit: 2 epochs of DepS at $( [ -n "$dry" ] && echo 32 || echo 224 ) px, one worker"
-    "$python" benchmarks/gpu_check.py spec "$work/data" "$work/runs" --out "$work/run.yaml" "${dry_flag[@]}"
-    deps_orch="$(dirname "$python")/deps-orch"
-    [ -x "$deps_orch" ] || deps_orch="deps-orch"
-    "$deps_orch" submit "$work/run.yaml"  # ends with the run's cost-report row
-    "$deps_orch" cost-report gpu-check-deps --root "$work/runs" --format json > "$work/cost.json"
-    run_args=(--run "$work/runs/gpu-check-deps" --cost-report "$work/cost.json")
+    # One chain: a failed run is said, and (a) and (b) still reach the JSON file.
+    if "$python" benchmarks/gpu_check.py spec "$work/data" "$work/runs" --out "$work/run.yaml" "${dry_flag[@]}" \
+        && "$python" -m orchestrator.cli submit "$work/run.yaml" \
+        && "$python" -m orchestrator.cli cost-report gpu-check-deps --root "$work/runs" --format json > "$work/cost.json"
+    then
+        run_args=(--run "$work/runs/gpu-check-deps" --cost-report "$work/cost.json")
+    else
+        say "(c) failed (above); the figures of (a) and (b) are kept"
+        failed=1
+    fi
 fi
 
 "$python" benchmarks/gpu_check.py collect --out "$out" --step "$work/step.json" \
     --evaluation "$work/evaluation.json" "${run_args[@]}"
 say "done"
+[ -z "$failed" ]

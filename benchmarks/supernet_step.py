@@ -225,8 +225,6 @@ def main() -> None:
                 optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
                 steps[name] = functools.partial(training_step, net, activate, subnets, images, labels, optimizer, dtype)
                 steps[name]()  # warm-up: kernels chosen, buffers allocated
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
             seconds: dict[str, list[float]] = {name: [] for name in networks}
             peak: dict[str, int] = {}
             for r in range(args.rounds):
