@@ -6,8 +6,9 @@ the same data:
 - plain loop: one process; for every subnet it reads the calibration and test images
   again through their datasets (decoding every file), calibrates BN, evaluates;
 - the evaluation stage (`orchestrator.evaluation_job.run_evaluation`) with 1 worker,
-  then with 2 workers: the images decoded once and shared through Ray's object store,
-  each actor holding one supernet and switching subnets in place, subnets in chunks.
+  then with 2 workers: each actor decodes its shard of the images once (uint8) and
+  holds one supernet, switching subnets in place; every subnet is evaluated by all
+  shards (BN statistics merged, counts summed).
 
 The data is an ImageFolder of JPEG files: the digits, upsampled to `--image-size`
 (default 256, about an ImageNet photo) and read at 32 px through the ImageNet
@@ -46,8 +47,8 @@ from orchestrator.evaluation_job import run_evaluation  # noqa: E402
 from orchestrator.plan import make_plan  # noqa: E402
 from orchestrator.spec_file import validate_spec  # noqa: E402
 from workers.calibration import calibrate_bn  # noqa: E402
-from workers.data.datasets import calibration_dataset, test_dataset  # noqa: E402
-from workers.evaluation import accuracy_on_batches  # noqa: E402
+from workers.data.datasets import calibration_dataset, normalization, test_dataset  # noqa: E402
+from workers.evaluation import count_correct  # noqa: E402
 from workers.supernet.space_spec import build_space  # noqa: E402
 from workers.supernet.supernet import build_supernet  # noqa: E402
 
@@ -103,16 +104,16 @@ def plain_loop(plan, state: dict, threads: int) -> float:
     net.load_state_dict(state)
     net = net.to(memory_format=torch.channels_last)
     net.active_dropout = 0.0
+    cpu = torch.device("cpu")
+    model_input = normalization(spec.dataset).to_model_input
     for config in plan.subnets:
         net.set_active_subnet(config)
         calibration = torch.utils.data.DataLoader(
             calibration_dataset(spec.dataset, ev.calibration_images), batch_size=ev.calibration_batch_size
         )
-        calibrate_bn(net, (x.contiguous(memory_format=torch.channels_last) for x, _ in calibration))
-        test = list(torch.utils.data.DataLoader(test_dataset(spec.dataset), batch_size=ev.test_batch_size))
-        accuracy_on_batches(
-            net, [x.contiguous(memory_format=torch.channels_last) for x, _ in test], [y for _, y in test], 10
-        )
+        calibrate_bn(net, (model_input(x, cpu) for x, _ in calibration))
+        test = torch.utils.data.DataLoader(test_dataset(spec.dataset), batch_size=ev.test_batch_size)
+        count_correct(net, ((model_input(x, cpu), y) for x, y in test), 10)
     return time.time() - started
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.spec_file import validate_spec  # noqa: E402
-from workers.data.datasets import calibration_dataset, num_classes, test_dataset, to_tensors  # noqa: E402
+from workers.data.datasets import num_classes  # noqa: E402
 from workers.evaluation import SubnetEvaluator  # noqa: E402
 from workers.selection import spread_over_macs  # noqa: E402
 from workers.supernet.space_spec import build_space  # noqa: E402
@@ -83,17 +83,15 @@ def evaluation_check(data: Path, dry: bool) -> dict:
     """What one evaluation worker does: decode the data once, then per subnet calibrate BN and evaluate."""
     spec = evaluation_spec(data, dry)
     work = spec.worker_spec()
-    started = time.perf_counter()
-    calibration, _ = to_tensors(calibration_dataset(spec.dataset, spec.evaluation.calibration_images))
-    test_images, test_labels = to_tensors(test_dataset(spec.dataset))
-    decoded = time.perf_counter() - started
     classes = num_classes(spec.dataset)
     space = build_space(spec)
     torch.manual_seed(0)
     weights = build_supernet(spec, space, classes).state_dict()
     subnets = spread_over_macs(space, classes, spec.evaluation.subnets, spec.seed)
     threads = os.cpu_count() or 1
-    evaluator = SubnetEvaluator(work, weights, classes, calibration, test_images, test_labels, threads)
+    started = time.perf_counter()
+    evaluator = SubnetEvaluator(work, weights, classes, threads)  # decodes its data (one shard: all of it)
+    decoded = time.perf_counter() - started
     if evaluator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     evaluator.evaluate([subnets[0].to_dict()])  # warm-up: kernels chosen
@@ -103,8 +101,8 @@ def evaluation_check(data: Path, dry: bool) -> dict:
     result = {
         "device": str(evaluator.device),
         "resolution": spec.dataset.resolution,
-        "calibration_images": len(calibration),
-        "test_images": len(test_labels),
+        "calibration_images": rows[0]["calibration_images"],
+        "test_images": rows[0]["test_images"],
         "decode_seconds": decoded,
         "subnets": len(rows),
         "seconds": seconds,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import traceback
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,8 @@ from orchestrator.plan import Plan
 from orchestrator.profile_job import forecast_job
 from orchestrator.run_monitor import RunMonitor, logged
 from orchestrator.training_job import run_training
+from workers.data.datasets import index_of
+from workers.data.image_index import keep_index
 from workers.rundir.budget import check_epoch, check_evaluation
 from workers.rundir.forecast import Forecast, load_forecast
 from workers.rundir.state import RunState, begin_submission, read_state, write_state
@@ -44,6 +46,9 @@ def record_plan(plan: Plan, described: dict | None = None) -> None:
     """plan.json: the plan's description (with its backend's part, where the caller has it)."""
     files = plan.files.create()
     files.write_json(files.plan, described if described is not None else plan.describe())
+    index = index_of(plan.work.dataset)  # the run's own file if it has one, else the planner's scan
+    if index is not None:
+        keep_index(index, files.image_index)
 
 
 def announce(plan: Plan, described: dict | None = None) -> None:
@@ -88,8 +93,14 @@ def check_before_evaluation(plan: Plan) -> None:
         raise RunStopped(StopRecord(RunState.BUDGET_EXHAUSTED, verdict, _last_epoch(plan)))
 
 
-def execute(plan: Plan, cluster: AbstractContextManager, echo: Callable[[str], None] = print) -> RunOutcome:
-    """Run the plan's stages on `cluster` (entered here); the run must have been announced."""
+def execute(
+    plan: Plan,
+    cluster: AbstractContextManager,
+    echo: Callable[[str], None] = print,
+    hold: AbstractContextManager | None = None,
+) -> RunOutcome:
+    """Run the plan's stages on `cluster` (entered here, inside `hold`: the devices' held time); the run must
+    have been announced."""
     files = plan.files
     begin_submission(files)  # this process owns the run now; an old cancel or stop no longer applies
     clear_stop(files)
@@ -113,7 +124,7 @@ def execute(plan: Plan, cluster: AbstractContextManager, echo: Callable[[str], N
             write_state(files, state)
 
     try:
-        with cluster, RunMonitor(plan, echo, on_forecast=forecast_measured):
+        with hold or nullcontext(), cluster, RunMonitor(plan, echo, on_forecast=forecast_measured):
             alloc = plan.training
             if measure is not None:
                 enter(RunState.FORECASTING)

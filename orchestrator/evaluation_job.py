@@ -1,11 +1,12 @@
 """The evaluation stage: BN calibration and evaluation of many subnets by parallel Ray actors.
 
-The calibration and test images are decoded once and put in Ray's object store
-with the checkpoint's weights. A pool of `SubnetEvaluator` actors (each holding
-one supernet and switching subnets in place) takes subnets in chunks, and rows
-are upserted by (run, subnet_id) as they arrive, so a re-run or a retried chunk
-never adds a second row. Subnets already evaluated on the same checkpoint epoch
-are skipped.
+The test set is sharded across the actors (`workers/evaluation.py`): each reads
+and decodes its own shard and calibration batches, so the driver never holds an
+image and the object store holds only the checkpoint's weights. Every subnet is
+evaluated by all actors, data-parallel: BN statistics are merged, correct
+predictions summed. Rows are upserted by (run, subnet_id) as they arrive, so a
+re-run or a retried chunk never adds a second row. Subnets already evaluated on
+the same checkpoint epoch are skipped.
 
 Static strategies (spread, random, buckets, populations) are one batch of work.
 The evolutionary search drives the same pool round by round: each round's
@@ -15,25 +16,24 @@ a resumed search proposes the same children and evaluates only those missing.
 
 from __future__ import annotations
 
-import math
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import ray
 import torch
-from ray.util import ActorPool
 
 from orchestrator.plan import Plan
-from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
-from workers.evaluation import SubnetEvaluator
+from workers.evaluation import BatchNormStats, Counts, Shard, SubnetEvaluator, merge_bn_stats, subnet_row
 from workers.rundir.pricing import Usage
 from workers.rundir.tables import RunStore
 from workers.search import EvolutionarySearch, Scored
 from workers.selection import EvolutionSelection
 from workers.supernet.space import SubnetConfig
 
-MAX_SUBNETS_PER_TASK = 32  # rows reach the store at least this often per worker
+SUBNETS_PER_ROUND = 4  # per round trip: each subnet's BN statistics (~100 KB per shard) pass through the driver
 
 
 def evaluated_rows(plan: Plan, checkpoint_epoch: int) -> dict[str, dict]:
@@ -49,28 +49,36 @@ def pending_subnets(plan: Plan, checkpoint_epoch: int) -> list[dict]:
     return [c.to_dict() for c in plan.subnets if c.subnet_id not in finished]
 
 
-class _StoredEvaluator:
-    """An evaluation actor: on its first task it fetches the weights and images from the object store.
+class _ShardActor:
+    """An evaluation actor holding one shard; on its first task it reads its data and fetches the weights.
 
-    The refs travel with every task, inside a list so that Ray passes them unresolved: a restarted
-    actor (its constructor takes none) fetches them again on the retried task.
+    The weights' ref travels with every task, inside a list so that Ray passes it unresolved: a restarted
+    actor (its constructor takes no data) reads its shard and fetches the weights again on the retried task.
     """
 
-    def __init__(self, spec, num_classes: int, threads: int) -> None:
-        self.spec, self.num_classes, self.threads = spec, num_classes, threads
+    def __init__(self, spec, num_classes: int, threads: int, shard: Shard) -> None:
+        self.spec, self.num_classes, self.threads, self.shard = spec, num_classes, threads, shard
         self.evaluator: SubnetEvaluator | None = None
 
-    def evaluate(self, refs: list, configs: list[dict]) -> list[dict]:
+    def _ready(self, refs: list) -> SubnetEvaluator:
         if self.evaluator is None:
-            state_dict, calibration, test_images, test_labels = ray.get(refs)
-            self.evaluator = SubnetEvaluator(
-                self.spec, state_dict, self.num_classes, calibration, test_images, test_labels, self.threads
-            )
-        return self.evaluator.evaluate(configs)
+            (state_dict,) = ray.get(refs)
+            self.evaluator = SubnetEvaluator(self.spec, state_dict, self.num_classes, self.threads, self.shard)
+        return self.evaluator
+
+    def calibrate(self, refs: list, configs: list[dict]) -> list[tuple[BatchNormStats, float]]:
+        return self._ready(refs).calibrate(configs)
+
+    def count(self, refs: list, configs: list[dict], stats: list[BatchNormStats]) -> list[tuple[Counts, float]]:
+        return self._ready(refs).count(configs, stats)
 
 
 class EvaluatorPool:
-    """Evaluation actors, started on first use; writes each chunk's rows as soon as it returns."""
+    """One actor per shard, started on first use; all of them evaluate each subnet, and its row is written at once.
+
+    Chunks are pipelined: an actor calibrates the next chunk while the driver sums this one's counts and
+    writes its rows.
+    """
 
     def __init__(self, plan: Plan, checkpoint: dict, epoch: int, on_rows: Callable[[int], None] | None = None) -> None:
         self.plan, self.checkpoint, self.epoch, self.on_rows = plan, checkpoint, epoch, on_rows
@@ -79,54 +87,70 @@ class EvaluatorPool:
         self.refs: list = []
         self.written = 0
 
-    def _start(self, count: int) -> None:
+    def _start(self) -> None:
         work, ev = self.plan.work, self.plan.work.evaluation
-        calibration, _ = to_tensors(calibration_dataset(work.dataset, ev.calibration_images))
-        test_images, test_labels = to_tensors(test_dataset(work.dataset))
-        self.refs = [ray.put(x) for x in (self.checkpoint["model"], calibration, test_images, test_labels)]
-        # A dead actor is restarted and its unfinished task retried (fetching the objects again).
+        self.refs = [ray.put(self.checkpoint["model"])]  # the object store holds the weights, never images
+        # A dead actor is restarted and its unfinished task retried (reading its shard again).
         actor_cls = ray.remote(
             num_cpus=ev.cpus_per_worker,
             num_gpus=ev.gpus_per_worker,
             max_restarts=ev.max_restarts,
             max_task_retries=ev.max_restarts,
-        )(_StoredEvaluator)
+            scheduling_strategy="SPREAD",  # shards on every node, not packed on the first
+        )(_ShardActor)
         num_classes = self.plan.dataset.num_classes
-        self.actors = [actor_cls.remote(work, num_classes, ev.threads) for _ in range(min(ev.workers, count))]
+        shards = max(1, min(ev.workers, self.plan.dataset.test_size))
+        self.actors = [actor_cls.remote(work, num_classes, ev.threads, Shard(k, shards)) for k in range(shards)]
 
     def evaluate(self, configs: Sequence[SubnetConfig], search_round: int | None = None) -> list[dict]:
         """Evaluate `configs` (already filtered to what is missing); returns their rows as written."""
         if not configs:
             return []
         if not self.actors:
-            self._start(len(configs))
-        ev = self.plan.spec.evaluation
-        workers = len(self.actors)
-        # By default two chunks per worker keeps every worker busy while rows still arrive often.
-        size = ev.subnets_per_task or max(1, min(MAX_SUBNETS_PER_TASK, math.ceil(len(configs) / (2 * workers))))
+            self._start()
+        size = self.plan.spec.evaluation.subnets_per_task or SUBNETS_PER_ROUND
         data = [c.to_dict() for c in configs]
         chunks = [data[i : i + size] for i in range(0, len(data), size)]
-        written = []
-        tasks = ActorPool(self.actors).map_unordered(lambda a, chunk: a.evaluate.remote(self.refs, chunk), chunks)
-        for rows in tasks:
-            priced = [self._priced(row, search_round) for row in rows]
-            self.store.record_subnets(priced)
-            written.extend(priced)
-            self.written += len(priced)
+        written: list[dict] = []
+        calibrating = self._calibrate(chunks[0])
+        for index, chunk in enumerate(chunks):
+            shards = ray.get(calibrating)
+            merged = [merge_bn_stats([shard[i][0] for shard in shards]) for i in range(len(chunk))]
+            stats = ray.put(merged)
+            counting = [a.count.remote(self.refs, chunk, stats) for a in self.actors]
+            if index + 1 < len(chunks):  # queued behind the counting: done while this chunk's rows are written
+                calibrating = self._calibrate(chunks[index + 1])
+            counted = ray.get(counting)
+            rows = []
+            for i, item in enumerate(chunk):
+                counts = functools.reduce(operator.add, (shard[i][0] for shard in counted))
+                seconds = sum(shard[i][1] for shard in shards) + sum(shard[i][1] for shard in counted)
+                config = SubnetConfig.from_dict(item)
+                row = subnet_row(
+                    self.plan.search_space, config, self.plan.dataset.num_classes, counts, merged[i].images, seconds
+                )
+                rows.append(self._priced(row, search_round))
+            self.store.record_subnets(rows)
+            written.extend(rows)
+            self.written += len(rows)
             if self.on_rows is not None:
                 self.on_rows(self.written)
         return written
 
+    def _calibrate(self, chunk: list[dict]) -> list:
+        return [a.calibrate.remote(self.refs, chunk) for a in self.actors]
+
     def _priced(self, row: dict, search_round: int | None) -> dict:
-        plan, alloc = self.plan, self.plan.evaluation
-        usage = Usage.of(row["eval_seconds"], alloc.devices, alloc.price.per_device_hour)
+        """Its share of the devices held while it was evaluated: its seconds on every shard, each shard's share."""
+        plan, alloc = self.plan, self.plan.training
+        usage = Usage.of(row["eval_seconds"], plan.eval_devices_per_worker, alloc.price.per_device_hour)
         return {
             **row,
             "run": plan.spec.run,
             "group": plan.spec.group,
             "method": plan.method,
             "checkpoint_epoch": self.epoch,
-            "devices": alloc.devices,
+            "devices": alloc.devices,  # held by the run meanwhile
             "device_type": alloc.price.device_type,
             "device_hours": usage.device_hours,
             "dollars": usage.dollars,

@@ -72,6 +72,13 @@ class Plan:
         return self.training_method.search_space
 
     @property
+    def eval_devices_per_worker(self) -> float:
+        """Evaluation is priced by the devices the run holds meanwhile (on Slurm: the whole allocation), shared
+        by its workers; at least what each worker uses itself."""
+        workers = max(1, self.spec.evaluation.workers)
+        return max(self.training.devices / workers, float(self.evaluation.devices))
+
+    @property
     def eval_subnets(self) -> int:
         """How many subnets evaluation will take in all: the planned ones, or what a search may add to them."""
         return int(self.selection.get("at_most", len(self.subnets)))
@@ -166,8 +173,8 @@ class Plan:
             eval_subnet_macs=self.subnet_macs,
             eval_subnets=self.eval_subnets,
             eval_workers=self.spec.evaluation.workers,
-            eval_devices=self.evaluation.devices,
-            eval_price_per_device_hour=self.evaluation.price.per_device_hour,
+            eval_devices=self.eval_devices_per_worker,
+            eval_price_per_device_hour=self.training.price.per_device_hour,
         )
 
 
@@ -210,8 +217,12 @@ def make_plan(spec: JobSpec) -> Plan:
         run_dir = run_dir_for(spec.storage.root, spec.run)
     except ValueError as error:
         raise UserError(f"run: {error}") from None
+    work = spec.worker_spec()
+    if spec.dataset.name == "imagefolder":  # the workers read the run's index of the folder, not the folder
+        dataset = spec.dataset.model_copy(update={"index": RunDir(run_dir).image_index})
+        work = work.model_copy(update={"dataset": dataset})
     try:
-        info = describe(spec.dataset)
+        info = describe(work.dataset)
     except DatasetNotFound as error:
         raise UserError(str(error)) from None
     cluster = spec.cluster
@@ -228,7 +239,6 @@ def make_plan(spec: JobSpec) -> Plan:
             f"dataset.batch_size: {spec.dataset.batch_size} x {cluster.num_workers} workers is more than "
             f"the {info.train_size} training images"
         )
-    work = spec.worker_spec()
     try:
         method = build_method(work.method, build_space(work), work.seed)
     except ValueError as error:

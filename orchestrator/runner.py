@@ -7,6 +7,7 @@ its outcome and the cost table; library output goes to the run's log.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from orchestrator.plan import Plan
 from orchestrator.reports.cost_report import COLUMNS, run_costs
 from orchestrator.reports.table import render
 from orchestrator.spec import JobSpec
+from workers.rundir.holds import DeviceHold, HoldOwner
 from workers.rundir.state import RunState, read_state
+
+# Set by whatever started this process inside an allocation it holds already (the Slurm job): since when.
+HELD_SINCE_ENV = "DEPS_ORCH_HELD_SINCE"
 
 
 @dataclass(frozen=True)
@@ -44,23 +49,48 @@ class Submission:
 STOPPED_EXIT = {RunState.BUDGET_EXHAUSTED: 3, RunState.CANCELLED: 130}
 
 
-def run_here(submission: Submission, cluster: AbstractContextManager) -> int:
-    """Run every plan of the submission on `cluster`; returns the exit code of `deps-orch submit`."""
+def held_since() -> float | None:
+    """When this process's devices began to be held, if before it started (else: from now)."""
+    value = os.environ.get(HELD_SINCE_ENV)
+    return float(value) if value else None
+
+
+def device_hold(plan: Plan, kind: str, since: float | None) -> DeviceHold:
+    alloc = plan.training
+    owner = HoldOwner(
+        run=plan.spec.run,
+        method=plan.method,
+        group=plan.spec.group,
+        kind=kind,
+        devices=alloc.devices,
+        device_type=alloc.price.device_type,
+        price_per_device_hour=alloc.price.per_device_hour,
+    )
+    return DeviceHold(plan.files, owner, since)
+
+
+def run_here(submission: Submission, cluster: AbstractContextManager, hold_kind: str = "ray cluster") -> int:
+    """Run every plan of the submission on `cluster`; returns the exit code of `deps-orch submit`.
+
+    Each run's held time is recorded (`holds.parquet`): one run's from before its cluster starts until it has
+    stopped; in a comparison, each run's from where the one before it ended, the last one's until the cluster
+    has stopped, so the runs' holds tile the cluster's life.
+    """
     plans = submission.plans
     for index, plan in enumerate(plans):
         announce(plan, submission.description(index))
     console = QuietConsole(plans[0].files, submission.verbose)
     with console:
         if submission.spec.methods is None:
-            return _one(submission, cluster, console)
-        return _comparison(submission, cluster, console)
+            return _one(submission, cluster, console, hold_kind)
+        return _comparison(submission, cluster, console, hold_kind)
 
 
-def _one(submission: Submission, cluster: AbstractContextManager, console: QuietConsole) -> int:
+def _one(submission: Submission, cluster: AbstractContextManager, console: QuietConsole, hold_kind: str) -> int:
     (plan,) = submission.plans
     started = time.time()
     try:
-        outcome = execute(plan, cluster, console.echo)
+        outcome = execute(plan, cluster, console.echo, device_hold(plan, hold_kind, held_since()))
     except RunFailed as error:
         console.error(f"deps-orch: error: {error}")
         return 1
@@ -89,24 +119,30 @@ def _report(outcome: RunOutcome, run: str, label: str, seconds: float, run_dirs:
     console.echo(render(COLUMNS, [run_costs(d) for d in run_dirs]))
 
 
-def _comparison(submission: Submission, cluster: AbstractContextManager, console: QuietConsole) -> int:
+def _comparison(submission: Submission, cluster: AbstractContextManager, console: QuietConsole, hold_kind: str) -> int:
     """One run per method, one after another on one cluster, then their costs side by side."""
     plans, name = submission.plans, submission.name
     console.echo(f"[{name}] comparing {', '.join(p.spec.run for p in plans)}")
     started = time.time()
+    since = held_since() or started
     outcomes: list[RunOutcome | RunFailed] = []
     try:
-        with ExitStack() as stack:
+        with ExitStack() as last_hold, ExitStack() as stack:  # the last run's hold ends after the cluster stops
             try:
                 stack.enter_context(cluster)
             except Exception as error:
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 console.error(f"deps-orch: error: comparison {name}: the cluster did not start: {first_line}")
                 return 1
-            for plan in plans:
+            for index, plan in enumerate(plans):
                 console.target = plan.files
+                hold = device_hold(plan, hold_kind, since if index == 0 else time.time())
+                if index == len(plans) - 1:
+                    last_hold.enter_context(hold)
                 try:
-                    outcomes.append(execute(plan, nullcontext(), console.echo))
+                    outcomes.append(
+                        execute(plan, nullcontext(), console.echo, nullcontext() if index == len(plans) - 1 else hold)
+                    )
                 except RunFailed as failure:
                     console.echo(str(failure))
                     outcomes.append(failure)

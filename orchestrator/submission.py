@@ -43,7 +43,7 @@ def submit(
         print(yaml.safe_dump(_dry_run(submission, measure=not no_forecast and spec.forecast.measure), sort_keys=False))
         return 0
     if here:
-        return run_here(submission, backend.cluster())
+        return run_here(submission, backend.cluster(), backend.hold_kind)
     return backend.launch(submission, print)
 
 

@@ -3,7 +3,7 @@ import random
 import torch
 
 from workers.calibration import calibrate_bn
-from workers.evaluation import accuracy
+from workers.evaluation import Counts, count_correct
 from workers.supernet.space import mobilenetv3_space
 from workers.supernet.supernet import ElasticSupernet
 
@@ -60,5 +60,7 @@ def test_accuracy_counts_top1_and_top5():
     logits[2, 1:9] = torch.arange(8.0) + 1
     logits[3, 7] = 5  # right
     images = logits.view(4, 10, 1, 1)
-    top1, top5 = accuracy(Fixed(), images, torch.tensor([3, 2, 9, 7]), batch_size=3, num_classes=10)
-    assert top1 == 50.0 and top5 == 75.0
+    labels = torch.tensor([3, 2, 9, 7])
+    batches = [(images[:3], labels[:3]), (images[3:], labels[3:])]
+    counts = count_correct(Fixed(), batches, num_classes=10)
+    assert counts == Counts(top1=2, top5=3, images=4) and counts.percent(10) == (50.0, 75.0)

@@ -32,6 +32,7 @@ from orchestrator.backends.local import METRICS_PORT_ENV
 from orchestrator.cost.catalog import lookup_price
 from orchestrator.dashboard import TRAIN_RUNS_API, dashboard_get
 from tests.conftest import REPO, deps_orch
+from tests.held_time import assert_held_time_adds_up
 from workers.rundir.forecast import load_forecast
 from workers.rundir.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
 from workers.supernet.space import mobilenetv3_space
@@ -319,6 +320,14 @@ def test_the_subnets_are_calibrated_evaluated_and_priced(watched):
     assert "dev-min/epoch" in table.stdout and RUN in table.stdout
     everything = deps_orch("cost-report", "--root", str(watched.root), "--format", "json")  # no name: every run
     assert [r["run"] for r in json.loads(everything.stdout)] == [RUN]
+    # The local cluster's life is the run's held time: it reconciles, and it is inside the submit's own wall.
+    assert_held_time_adds_up(run_dir, row, "local cluster")
+    assert row["held_device_hours"] * 3600 / 2 <= watched.seconds
+    print(
+        f"\nheld time of the local run: {row['held_device_hours'] * 3600 / 2:.1f} s of {watched.seconds:.1f} s "
+        f"submit wall; useful {row['useful_device_hours']:.5f} + overhead {row['overhead_device_hours']:.5f} "
+        f"+ lost {row['lost_device_hours']:.5f} = held {row['held_device_hours']:.5f} dev-h"
+    )
 
 
 def test_the_diagnostics_and_the_comparison_with_every_plot(watched):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import deps_orch
+from tests.held_time import assert_held_time_adds_up
 
 pytestmark = pytest.mark.ray
 
@@ -116,6 +117,11 @@ def test_every_method_runs_in_one_comparison_and_resumes_at_the_right_stage(tmp_
     for row in rows:
         ledger = _ledger(root / row["run"])
         assert row["epochs"] == len(ledger) and row["train_dollars"] == pytest.approx(ledger.dollars.sum())
+        assert_held_time_adds_up(root / row["run"], row, "ray cluster")
+    # One after another on one cluster: each run's hold starts where the one before it ended.
+    holds = [pq.read_table(root / r["run"] / "holds.parquet").to_pandas().iloc[0] for r in rows]
+    for before, after in zip(holds, holds[1:]):
+        assert abs((after.started_at - before.ended_at).total_seconds()) < 1.0
     table = deps_orch("cost-report", "cmp", "--root", str(root))
     assert all(f"cmp-{m}" in table.stdout for m in expected) and "dev-min/epoch" in table.stdout
 

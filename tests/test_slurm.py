@@ -198,7 +198,14 @@ def test_a_preempted_job_is_requeued_resumes_and_the_ledger_shows_the_lost_hours
     report = deps_orch("cost-report", str(run_dir), "--format", "json")
     (row,) = json.loads(report.stdout)
     assert row["lost_device_hours"] == pytest.approx(lost.device_hours.sum())
-    assert row["total_dollars"] == pytest.approx(row["train_dollars"] + row["eval_dollars"] + row["lost_dollars"])
+    # Held time: one hold per allocation (the preempted job and its requeue), each split three ways.
+    holds = pq.read_table(run_dir / "holds.parquet").to_pandas()
+    assert list(holds.kind) == ["slurm allocation"] * 2 and not holds.open.any() and (holds.devices == 2).all()
+    assert row["held_device_hours"] == pytest.approx(holds.device_hours.sum())
+    assert row["useful_device_hours"] + row["overhead_device_hours"] + row["lost_device_hours"] == pytest.approx(
+        row["held_device_hours"]
+    )
+    assert row["overhead_device_hours"] > 0 and row["total_dollars"] == pytest.approx(holds.dollars.sum())
     columns = ["attempt", "epoch", "lost_seconds", "device_hours", "dollars"]
     print("\nlost work of the preemption test:\n" + lost[columns].to_string())
     print(deps_orch("cost-report", str(run_dir)).stdout)

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from workers.calibration import calibrate_bn
-from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
+from workers.data.datasets import calibration_dataset, normalization, test_dataset, to_tensors
 from workers.data.spec import DatasetSpec
 from workers.distillation import build_distillation
 from workers.evaluation_spec import DiagnosticsConfig
@@ -204,6 +204,7 @@ def record_diagnostics(
     if rank != 0 or not config.enabled:
         return
     device = next(net.parameters()).device
+    model_input = functools.partial(normalization(spec.dataset).to_model_input, device=device)
     base = {"run": spec.run, "group": spec.group, "method": method.name, "epoch": epoch, "phase": method.phase(epoch)}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if epoch in heatmap_epochs(config, method):
@@ -216,18 +217,12 @@ def record_diagnostics(
             calibration, _ = _training_images(spec.dataset, spec.evaluation.calibration_images)
             calibrate_bn(
                 probe,
-                (
-                    x.to(device).contiguous(memory_format=torch.channels_last)
-                    for x in calibration.split(spec.evaluation.calibration_batch_size)
-                ),
+                (model_input(x) for x in calibration.split(spec.evaluation.calibration_batch_size)),
             )
             probe.eval()
             with torch.no_grad():
                 logits = torch.cat(
-                    [
-                        probe(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
-                        for x in images.split(spec.evaluation.test_batch_size)
-                    ]
+                    [probe(model_input(x)).float().cpu() for x in images.split(spec.evaluation.test_batch_size)]
                 )
             matrix, counts = class_correlation(logits, probe.num_classes)
             seconds = time.time() - started
@@ -257,7 +252,7 @@ def record_diagnostics(
             rows = gradient_diagnostic(
                 net,
                 steps,
-                images.to(device).contiguous(memory_format=torch.channels_last),
+                model_input(images),
                 labels.to(device),
                 spec.optimizer.label_smoothing,
                 build_distillation(method.distillation()),

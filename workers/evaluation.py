@@ -1,107 +1,235 @@
-"""Evaluating subnets: calibrate BN, then top-1/top-5 on the test split.
+"""Evaluating subnets: calibrate BN, then top-1/top-5 on the test split, data-parallel over shards.
 
-`SubnetEvaluator` keeps one supernet and switches subnets in place; the
-orchestrator runs several as Ray actors, handing them the decoded calibration
-and test tensors through the object store. The batches are laid out once, when
-the evaluator starts, and reused for every subnet.
+Each of n evaluation workers holds one shard: every n-th calibration batch and
+every n-th test image, decoded by the worker itself and kept as uint8 (on its
+GPU when it has one), so no process holds the whole test set and memory per
+worker shrinks as workers are added. A subnet is evaluated by all shards at
+once, in two passes:
+
+1. each shard calibrates BN on its batches and returns its statistics
+   (`BatchNormStats`); with a cumulative average (momentum None) the statistics
+   of all batches are the batch-weighted mean of the shards' - exactly, since a
+   BN in training mode normalises with batch statistics, never running ones;
+2. each shard loads the merged statistics and counts its correct predictions;
+   the counts are summed.
+
+`SubnetEvaluator` keeps one supernet and switches subnets in place. With one
+shard (`evaluate`) it is the whole evaluation in one process.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.utils.data import Subset
 
 from workers.calibration import calibrate_bn
+from workers.data.datasets import calibration_dataset, normalization, test_dataset, to_tensors
 from workers.job import WorkerSpec
 from workers.supernet.profile import profile_subnet
-from workers.supernet.space import SubnetConfig
+from workers.supernet.space import SearchSpace, SubnetConfig
 from workers.supernet.space_spec import build_space
 from workers.supernet.supernet import build_supernet
 
 
-def _batches(images: torch.Tensor, size: int, device: torch.device) -> list[torch.Tensor]:
-    return [x.to(device).contiguous(memory_format=torch.channels_last) for x in images.split(size) if x.size(0) > 0]
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count`: every count-th item, starting at index."""
+
+    index: int = 0
+    count: int = 1
+
+    def take(self, items: int) -> list[int]:
+        return list(range(self.index, items, self.count))
+
+
+@dataclass(frozen=True)
+class BatchNormStats:
+    """Running statistics of the BN layers a subnet used, by module name: (mean, var) over `batches` batches."""
+
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor, int]]
+    images: int
+
+    @classmethod
+    def of(cls, net: nn.Module, images: int) -> BatchNormStats:
+        return cls(
+            {
+                name: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked))
+                for name, m in _norms(net)
+                if int(m.num_batches_tracked) > 0
+            },
+            images,
+        )
+
+    def load_into(self, net: nn.Module) -> None:
+        for name, m in _norms(net):
+            if name in self.stats:
+                mean, var, batches = self.stats[name]
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.fill_(batches)
+            else:
+                m.reset_running_stats()
+
+
+def merge_bn_stats(shards: Sequence[BatchNormStats]) -> BatchNormStats:
+    """The statistics over every shard's batches: the batch-weighted mean of each shard's."""
+    merged: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    for name in sorted({n for s in shards for n in s.stats}):
+        parts = [s.stats[name] for s in shards if name in s.stats]
+        batches = sum(b for _, _, b in parts)
+        mean = sum(m.double() * b for m, _, b in parts) / batches
+        var = sum(v.double() * b for _, v, b in parts) / batches
+        merged[name] = (mean.float(), var.float(), batches)
+    return BatchNormStats(merged, sum(s.images for s in shards))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Correct top-1 and top-5 predictions of one shard, out of `images`."""
+
+    top1: int
+    top5: int
+    images: int
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.top1 + other.top1, self.top5 + other.top5, self.images + other.images)
+
+    def percent(self, num_classes: int) -> tuple[float, float | None]:
+        """Top-1 and top-5 in percent (top-5 is None with 5 classes or fewer)."""
+        return 100.0 * self.top1 / self.images, (100.0 * self.top5 / self.images if num_classes > 5 else None)
+
+
+def _norms(net: nn.Module) -> Iterator[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return ((n, m) for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 @torch.no_grad()
-def accuracy(
-    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, num_classes: int
-) -> tuple[float, float | None]:
-    device = next(model.parameters(), torch.empty(0)).device
-    return accuracy_on_batches(
-        model, _batches(images, batch_size, device), labels.to(device).split(batch_size), num_classes
-    )
-
-
-@torch.no_grad()
-def accuracy_on_batches(
-    model: torch.nn.Module,
-    image_batches: Sequence[torch.Tensor],
-    label_batches: Sequence[torch.Tensor],
-    num_classes: int,
-) -> tuple[float, float | None]:
-    """Top-1 and top-5 in percent (top-5 is None with 5 classes or fewer)."""
+def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> Counts:
     model.eval()
     top1 = top5 = n = 0
-    for x, y in zip(image_batches, label_batches):
+    for x, y in batches:
         ranked = model(x).topk(min(5, num_classes), dim=1).indices
-        top1 += (ranked[:, 0] == y).sum().item()
-        top5 += (ranked == y[:, None]).any(dim=1).sum().item()
+        top1 += int((ranked[:, 0] == y).sum())
+        top5 += int((ranked == y[:, None]).any(dim=1).sum())
         n += y.numel()
-    return 100.0 * top1 / n, (100.0 * top5 / n if num_classes > 5 else None)
+    return Counts(top1, top5, n)
+
+
+def subnet_row(
+    space: SearchSpace, config: SubnetConfig, num_classes: int, counts: Counts, calibration_images: int, seconds: float
+) -> dict:
+    """A subnet's row of the subnet table (without the run's columns)."""
+    top1, top5 = counts.percent(num_classes)
+    profile = profile_subnet(space, config, num_classes)
+    return {
+        "subnet_id": config.subnet_id,
+        "config": config.to_json(),
+        "resolution": config.resolution,
+        "macs": profile.macs,
+        "params": profile.params,
+        "top1": top1,
+        "top5": top5,
+        "calibration_images": calibration_images,
+        "test_images": counts.images,
+        "eval_seconds": seconds,
+    }
 
 
 class SubnetEvaluator:
+    """One shard's supernet and data; `test_limit` keeps only the first test images (the forecast's timing)."""
+
     def __init__(
         self,
         spec: WorkerSpec,
         state_dict: dict,
         num_classes: int,
-        calibration: torch.Tensor,
-        test_images: torch.Tensor,
-        test_labels: torch.Tensor,
         threads: int,
+        shard: Shard = Shard(),
+        test_limit: int | None = None,
     ) -> None:
         torch.set_num_threads(threads)
         ev = spec.evaluation
         use_cuda = ev.gpus_per_worker > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda") if use_cuda else torch.device("cpu")
-        self.spec, self.num_classes = spec, num_classes
+        self.spec, self.num_classes, self.shard = spec, num_classes, shard
         self.space = build_space(spec)
         self.net = build_supernet(spec, self.space, num_classes)
         self.net.load_state_dict(state_dict)
         self.net.to(self.device, memory_format=torch.channels_last)
         self.net.active_dropout = 0.0
-        self.calibration = _batches(calibration, ev.calibration_batch_size, self.device)
-        self.test_images = _batches(test_images, ev.test_batch_size, self.device)
-        self.test_labels = test_labels.to(self.device).split(ev.test_batch_size)
-        self.test_count = len(test_labels)
+        self.input = normalization(spec.dataset)
+        workers = ev.loader_workers
+
+        calibration = calibration_dataset(spec.dataset, ev.calibration_images)
+        size = ev.calibration_batch_size
+        batches = -(-len(calibration) // size)
+        mine = [i for b in shard.take(batches) for i in range(b * size, min(len(calibration), (b + 1) * size))]
+        self.calibration: list[torch.Tensor] = []
+        if mine:
+            images, _ = to_tensors(Subset(calibration, mine), size, workers)
+            self.calibration = [x.to(self.device) for x in images.split(size)]
+
+        test = test_dataset(spec.dataset)
+        count = min(len(test), test_limit) if test_limit is not None else len(test)
+        self.test: list[tuple[torch.Tensor, torch.Tensor]] = []
+        picked = shard.take(count)
+        if picked:
+            images, labels = to_tensors(Subset(test, picked), ev.test_batch_size, workers)
+            self.test = [
+                (x.to(self.device), y.to(self.device))
+                for x, y in zip(images.split(ev.test_batch_size), labels.split(ev.test_batch_size))
+            ]
+
+    def _model_input(self, batches: Iterable[torch.Tensor], resolution: int) -> Iterator[torch.Tensor]:
+        """Model input at a subnet's own resolution (resized on the device from the size decoded)."""
+        return (self.input.to_model_input(x, self.device, resolution) for x in batches)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def calibrate(self, configs: list[dict]) -> list[tuple[BatchNormStats, float]]:
+        """Pass 1: each subnet's BN statistics on this shard's calibration batches, and the seconds it took."""
+        out = []
+        for data in configs:
+            started = time.perf_counter()
+            config = SubnetConfig.from_dict(data)
+            self.net.set_active_subnet(config)
+            seen = calibrate_bn(self.net, self._model_input(self.calibration, config.resolution))
+            stats = BatchNormStats.of(self.net, seen)
+            self._synchronize()
+            out.append(
+                (
+                    BatchNormStats({k: (m.cpu(), v.cpu(), b) for k, (m, v, b) in stats.stats.items()}, seen),
+                    time.perf_counter() - started,
+                )
+            )
+        return out
+
+    def count(self, configs: list[dict], stats: Sequence[BatchNormStats]) -> list[tuple[Counts, float]]:
+        """Pass 2: with each subnet's merged statistics loaded, its correct predictions on this shard's test images."""
+        out = []
+        for data, merged in zip(configs, stats):
+            started = time.perf_counter()
+            config = SubnetConfig.from_dict(data)
+            self.net.set_active_subnet(config)
+            merged.load_into(self.net)
+            batches = zip(self._model_input((x for x, _ in self.test), config.resolution), (y for _, y in self.test))
+            counts = count_correct(self.net, batches, self.num_classes)
+            self._synchronize()
+            out.append((counts, time.perf_counter() - started))
+        return out
 
     def evaluate(self, configs: list[dict]) -> list[dict]:
+        """Both passes on this evaluator alone (one shard holds everything): the subnets' rows."""
         rows = []
-        for data in configs:
+        for data, (stats, calibrating) in zip(configs, self.calibrate(configs)):
+            ((counts, counting),) = self.count([data], [stats])
             config = SubnetConfig.from_dict(data)
-            started = time.time()
-            self.net.set_active_subnet(config)
-            seen = calibrate_bn(self.net, self.calibration)
-            top1, top5 = accuracy_on_batches(self.net, self.test_images, self.test_labels, self.num_classes)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            profile = profile_subnet(self.space, config, self.num_classes)
-            rows.append(
-                {
-                    "subnet_id": config.subnet_id,
-                    "config": config.to_json(),
-                    "resolution": config.resolution,
-                    "macs": profile.macs,
-                    "params": profile.params,
-                    "top1": top1,
-                    "top5": top5,
-                    "calibration_images": seen,
-                    "test_images": self.test_count,
-                    "eval_seconds": time.time() - started,
-                }
-            )
+            rows.append(subnet_row(self.space, config, self.num_classes, counts, stats.images, calibrating + counting))
         return rows

@@ -29,7 +29,10 @@ class EvaluationSpec(Section):
     cpus_per_worker: int = Field(1, ge=1)
     gpus_per_worker: int = Field(0, ge=0)
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per actor; default cpus_per_worker")
-    subnets_per_task: int | None = Field(None, ge=1, description="subnets per actor task; default: automatic")
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes an actor decodes its shard with")
+    subnets_per_task: int | None = Field(
+        None, ge=1, description="subnets evaluated together by all actors per round trip; default 4"
+    )
     max_restarts: int = Field(2, ge=0, description="restarts of a dead actor; its unfinished task is retried")
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 

@@ -31,7 +31,7 @@ class ForecastBasis:
     eval_subnet_macs: tuple[int, ...]  # the planned subnets'
     eval_subnets: int  # how many will be evaluated in all (a search evaluates more than it plans at first)
     eval_workers: int
-    eval_devices: int  # per evaluation worker
+    eval_devices: float  # the run's held devices per evaluation worker (at least the worker's own)
     eval_price_per_device_hour: float
 
 

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
-from workers.data.datasets import calibration_dataset, test_dataset, to_tensors
+from workers.data.datasets import test_dataset
 from workers.evaluation import SubnetEvaluator
 from workers.job import WorkerSpec
-from workers.step import run_step, step_rng
+from workers.step import run_step, step_resolution, step_rng
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SubnetConfig
 from workers.supernet.supernet import build_supernet
@@ -159,14 +158,14 @@ def measure_profile(
     loader = setup.loader
     batches = iter(loader)
 
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal batches
         try:
             images, labels = next(batches)
         except StopIteration:
             batches = iter(loader)
             images, labels = next(batches)
-        return setup.on_device(images, labels)
+        return setup.on_device(images, labels, resolution)
 
     net.train()
     for group in optimizer.param_groups:
@@ -177,7 +176,7 @@ def measure_profile(
         times, counts = [], []
         for step in range(request.steps + 1):
             step_started = clock()
-            images, labels = next_batch()
+            images, labels = next_batch(step_resolution(method.space.resolutions, work.seed, epoch, step))
             fetches.append(clock() - step_started)
             steps = method.steps(epoch, step, setup.steps_per_epoch, step_rng(work.seed, epoch, step))
             optimizer.zero_grad(set_to_none=True)
@@ -237,10 +236,8 @@ def _profile_evaluation(request: ProfileRequest, setup: WorkerSetup, clock: Cloc
     test_used = [0.0] * len(configs)
     test = test_dataset(work.dataset)
     if mine:
-        calibration, _ = to_tensors(calibration_dataset(work.dataset, ev.calibration_images))
-        test_images, test_labels = to_tensors(Subset(test, range(min(len(test), request.eval_test_images))))
         state = setup.net.state_dict()
-        evaluator = SubnetEvaluator(work, state, setup.num_classes, calibration, test_images, test_labels, ev.threads)
+        evaluator = SubnetEvaluator(work, state, setup.num_classes, ev.threads, test_limit=request.eval_test_images)
         for i in mine:
             started = clock()
             (row,) = evaluator.evaluate([configs[i].to_dict()])

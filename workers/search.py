@@ -84,14 +84,14 @@ class EvolutionarySearch:
             genes.append(_StageGenes(stage.depth, kernels, expands, layout.elastic_depth))
         return genes
 
-    def _decode(self, genes: Iterable[_StageGenes]) -> SubnetConfig:
+    def _decode(self, genes: Iterable[_StageGenes], resolution: int) -> SubnetConfig:
         stages = []
         for g in genes:
             expands = g.expands[: g.depth]
             if self.space.depth_expand_coupling is not None and g.elastic:
                 expands = (self.space.depth_expand_coupling[g.depth],) * g.depth
             stages.append(StageConfig(g.kernels[: g.depth], expands))
-        return SubnetConfig(tuple(stages), self.space.resolution)
+        return SubnetConfig(tuple(stages), resolution)
 
     def mutate(self, config: SubnetConfig, rng: random.Random) -> SubnetConfig:
         """Every gene (stage depth, block kernel, block expand ratio) resampled with probability `mutation_prob`."""
@@ -100,7 +100,7 @@ class EvolutionarySearch:
         def maybe(value, choices):
             return rng.choice(choices) if rng.random() < p else value
 
-        return self._decode(
+        genes = [
             _StageGenes(
                 maybe(g.depth, space.depth_choices) if g.elastic else g.depth,
                 tuple(maybe(k, space.kernel_choices) for k in g.kernels),
@@ -108,7 +108,10 @@ class EvolutionarySearch:
                 g.elastic,
             )
             for g in self._genes(config, rng)
-        )
+        ]
+        # Drawn only in an elastic-resolution space: a fixed one keeps the random stream it always had.
+        resolution = maybe(config.resolution, space.resolutions) if len(space.resolutions) > 1 else config.resolution
+        return self._decode(genes, resolution)
 
     def crossover(self, a: SubnetConfig, b: SubnetConfig, rng: random.Random) -> SubnetConfig:
         """Every gene taken from either parent with equal probability."""
@@ -116,7 +119,7 @@ class EvolutionarySearch:
         def either(x, y):
             return x if rng.random() < 0.5 else y
 
-        return self._decode(
+        genes = [
             _StageGenes(
                 either(ga.depth, gb.depth),
                 tuple(either(x, y) for x, y in zip(ga.kernels, gb.kernels)),
@@ -124,7 +127,8 @@ class EvolutionarySearch:
                 ga.elastic,
             )
             for ga, gb in zip(self._genes(a, rng), self._genes(b, rng))
-        )
+        ]
+        return self._decode(genes, either(a.resolution, b.resolution) if a.resolution != b.resolution else a.resolution)
 
     def offspring(self, round_index: int, scored: Sequence[Scored], known: Iterable[str]) -> list[SubnetConfig]:
         """Round `round_index` (from 1): new children of the best parents, none of them already in `known`."""

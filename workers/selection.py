@@ -159,7 +159,8 @@ def sample_at_scale(space: SearchSpace, rng: random.Random, t: float) -> SubnetC
         else:
             expands = tuple(_pick(rng, space.expand_choices, t) for _ in range(depth))
         stages.append(StageConfig(kernels, expands))
-    return SubnetConfig(tuple(stages), space.resolution)
+    resolution = _pick(rng, space.resolutions, t) if len(space.resolutions) > 1 else space.resolution
+    return SubnetConfig(tuple(stages), resolution)
 
 
 def _extremes(space: SearchSpace) -> dict[str, SubnetConfig]:

@@ -36,6 +36,16 @@ def step_rng(seed: int, epoch: int, step: int) -> random.Random:
     return random.Random(seed * 1_000_003 + epoch * 100_003 + step)
 
 
+def step_resolution(resolutions: tuple[int, ...], seed: int, epoch: int, step: int) -> int | None:
+    """A minibatch's resolution in an elastic-resolution space (None: as loaded), the same on every rank.
+
+    Its own stream, beside the step's: the subnets a method draws do not depend on whether resolution is elastic.
+    """
+    if len(resolutions) < 2:
+        return None
+    return random.Random(f"resolution/{seed}/{epoch}/{step}").choice(resolutions)
+
+
 def subnet_loss(
     step: SubnetStep,
     logits: torch.Tensor,

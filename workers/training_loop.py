@@ -34,7 +34,7 @@ from workers.rundir.pricing import Usage
 from workers.rundir.stages import record_finished_stage
 from workers.rundir.tables import RunStore
 from workers.stage_training import frozen_teacher, stage_schedule
-from workers.step import StepLosses, run_step, step_rng
+from workers.step import StepLosses, run_step, step_resolution, step_rng
 from workers.worker_setup import WorkerSetup, set_up_worker
 
 CHECKPOINT_FILE = "state.pt"
@@ -189,7 +189,8 @@ def train_step(
     Nothing here waits for the host: the losses stay on the device.
     """
     work, method, net, optimizer = setup.work, setup.method, setup.net, setup.optimizer
-    images, labels = setup.on_device(images, labels)
+    resolution = step_resolution(method.space.resolutions, work.seed, epoch, step)
+    images, labels = setup.on_device(images, labels, resolution)
     for group in optimizer.param_groups:
         group["lr"] = lr
     steps = method.steps(epoch, step, setup.steps_per_epoch, step_rng(work.seed, epoch, step))

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from workers.data.datasets import num_classes, train_dataset
+from workers.data.datasets import normalization, num_classes
+from workers.data.device_input import Normalization
+from workers.data.train_loader import EpochTaggedSampler, distributed_train_loader
 from workers.distillation import DistillationLoss, build_distillation
 from workers.job import WorkerSpec
 from workers.methods import TrainingMethod, build_method
@@ -23,27 +25,6 @@ from workers.precision import MixedPrecision
 from workers.step import GradientAverager
 from workers.supernet.space_spec import build_space
 from workers.supernet.supernet import ElasticSupernet, build_supernet
-
-
-def distributed_train_loader(
-    work: WorkerSpec, rank: int, world: int, device: torch.device
-) -> tuple[DataLoader, DistributedSampler]:
-    """This worker's shard of the training set, in full batches; a batch per worker must fit."""
-    data = train_dataset(work.dataset)
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=work.seed, drop_last=True)
-    loader = DataLoader(
-        data,
-        batch_size=work.dataset.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=work.dataset.loader_workers,
-        pin_memory=device.type == "cuda",
-    )
-    if len(loader) == 0:
-        raise ValueError(
-            f"dataset.batch_size {work.dataset.batch_size} x {world} workers exceeds the {len(data)} training images"
-        )
-    return loader, sampler
 
 
 @dataclass
@@ -55,12 +36,13 @@ class WorkerSetup:
     method: TrainingMethod
     num_classes: int
     loader: DataLoader
-    sampler: DistributedSampler
+    sampler: EpochTaggedSampler
     net: ElasticSupernet
     optimizer: torch.optim.Optimizer
     average_gradients: GradientAverager
     distill: DistillationLoss
     precision: MixedPrecision
+    input: Normalization
 
     @property
     def steps_per_epoch(self) -> int:
@@ -70,11 +52,11 @@ class WorkerSetup:
     def global_batch(self) -> int:
         return self.work.dataset.batch_size * self.world
 
-    def on_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-            labels.to(self.device, non_blocking=True),
-        )
+    def on_device(
+        self, images: torch.Tensor, labels: torch.Tensor, resolution: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's uint8 batch as normalised model input on the device (resized to `resolution`), and labels."""
+        return self.input.to_model_input(images, self.device, resolution), labels.to(self.device, non_blocking=True)
 
     def all_reduce(self, values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
         """`values` reduced over every rank of the group (as they are, with one rank)."""
@@ -103,7 +85,7 @@ def set_up_worker(
         torch.backends.cudnn.benchmark = True  # a subnet's shapes repeat: the fastest kernels are worth finding
     space = build_space(work)
     method = build_method(work.method, space, work.seed)
-    loader, sampler = distributed_train_loader(work, rank, world, device)
+    loader, sampler = distributed_train_loader(work.dataset, work.seed, rank, world, device.type == "cuda")
     torch.manual_seed(work.seed)
     classes = num_classes(work.dataset)
     net = build_supernet(work, space, classes)
@@ -126,4 +108,5 @@ def set_up_worker(
         average_gradients=GradientAverager(net.parameters(), world),
         distill=build_distillation(method.distillation()),
         precision=MixedPrecision(work.precision, device),
+        input=normalization(work.dataset),
     )

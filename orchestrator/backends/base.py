@@ -28,6 +28,8 @@ class Backend(ABC):
     name: ClassVar[str]
     # `submit --dry-run` may start a cluster of this kind just to measure the forecast.
     measures_dry_run: ClassVar[bool] = False
+    # What holds a run's devices while its stages run here (the `kind` of its rows in holds.parquet).
+    hold_kind: ClassVar[str] = "ray cluster"
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec

@@ -37,13 +37,14 @@ EXPOSE_WARNING = (
 class LocalBackend(Backend):
     name = "local"
     measures_dry_run = True
+    hold_kind = "local cluster"
 
     def describe(self, plan: Plan) -> dict:
         where = "all interfaces (cluster.expose_dashboard)" if self.spec.cluster.expose_dashboard else "127.0.0.1"
         return {"ray": f"a local cluster started by deps-orch on this machine; dashboard on {where}"}
 
     def launch(self, submission: Submission, echo: Echo) -> int:
-        return run_here(submission, self.cluster())
+        return run_here(submission, self.cluster(), self.hold_kind)
 
     def cluster(self) -> AbstractContextManager[None]:
         return local_cluster(self.spec)

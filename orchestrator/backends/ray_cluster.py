@@ -64,7 +64,7 @@ class RayClusterBackend(Backend):
 
     def launch(self, submission: Submission, echo: Echo) -> int:
         if self.here:
-            return run_here(submission, self.cluster())
+            return run_here(submission, self.cluster(), self.hold_kind)
         followed = self.follow(submission, echo)
         if followed is not None:
             return followed

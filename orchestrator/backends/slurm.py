@@ -29,6 +29,7 @@ from workers.rundir.layout import RunDir, read_json
 
 class SlurmBackend(Backend):
     name = "slurm"
+    hold_kind = "slurm allocation"
 
     def describe(self, plan: Plan) -> dict:
         cluster = self.spec.cluster

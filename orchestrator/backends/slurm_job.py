@@ -44,6 +44,7 @@ from orchestrator.backends.ray_node import RayNode, free_port, start_command, st
 from orchestrator.backends.remote import cluster_python, remote_spec_json
 from orchestrator.backends.sbatch import submitit_parameters
 from orchestrator.ray_env import prepare_ray_environment
+from orchestrator.runner import HELD_SINCE_ENV
 from orchestrator.spec import JobSpec
 from workers.rundir.layout import read_json, write_json
 
@@ -122,6 +123,7 @@ class SlurmRayJob(submitit.helpers.Checkpointable):
                 "RAY_ADDRESS": address,
                 EXPECTED_NODES_ENV: str(self.layout.nodes),
                 NODES_TIMEOUT_ENV: str(self.layout.nodes_timeout_s),
+                HELD_SINCE_ENV: str(allocation_start()),  # the driver's run holds the devices since then
             }
             print(
                 f"[slurm] Ray head at {address} ({cpus} CPUs, {gpus} GPUs) in {time.time() - started:.1f}s", flush=True
@@ -179,6 +181,17 @@ class SlurmRayJob(submitit.helpers.Checkpointable):
         """Preempted or at the time limit: requeue this same job; the driver resumes from the last checkpoint."""
         print("[slurm] preempted or at the time limit: requeueing; training resumes from its last checkpoint")
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def allocation_start() -> float:
+    """When this allocation began holding its nodes: Slurm's own time where it says (23.02 and later), else when
+    this task's process started (the job script's first step)."""
+    start = os.environ.get("SLURM_JOB_START_TIME")
+    if start:
+        return float(start)
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # starttime, after boot
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:5] == "btime")
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _note_sigterm() -> list[bool]:

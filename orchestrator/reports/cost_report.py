@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from orchestrator.reports.table import Column
 from orchestrator.storage.discovery import discover_runs, resolve_runs
 from workers.rundir.forecast import load_forecast
+from workers.rundir.holds import held_time
 from workers.rundir.state import RunState, read_state
 from workers.rundir.tables import RunStore
 
@@ -28,6 +29,11 @@ COLUMNS = [
     Column("eval_dollars", "eval $", ".4f"),
     Column("lost_device_hours", "lost dev-h", ".4f"),  # paid for, lost when an attempt died mid-epoch
     Column("lost_dollars", "lost $", ".4f"),
+    # Held device time, split: useful (the epochs' own time) + overhead (start-up, stage changes, the forecast,
+    # diagnostics, evaluation, idle) + lost = held, the bill; total $ is the held time's price.
+    Column("useful_device_hours", "useful dev-h", ".4f"),
+    Column("overhead_device_hours", "overhead dev-h", ".4f"),
+    Column("held_device_hours", "held dev-h", ".4f"),
     Column("total_dollars", "total $", ".4f"),
     Column("forecast_device_hours", "forecast dev-h", ".4f"),  # measured at launch (forecast.json)
     Column("forecast_dollars", "forecast $", ".4f"),
@@ -78,6 +84,19 @@ def run_costs(run_dir: Path) -> dict:
     row["lost_device_hours"] = _sum(lost, "device_hours")
     row["lost_dollars"] = _sum(lost, "dollars")
     row["total_dollars"] = row["train_dollars"] + row["eval_dollars"] + row["lost_dollars"]
+    held = held_time(run_dir)
+    if held is not None:  # a run from before holds were recorded has its ledger's sum as its total
+        row.update(
+            {
+                "useful_device_hours": held.useful.device_hours,
+                "useful_dollars": held.useful.dollars,
+                "overhead_device_hours": held.overhead.device_hours,
+                "overhead_dollars": held.overhead.dollars,
+                "held_device_hours": held.held.device_hours,
+                "held_dollars": held.held.dollars,
+                "total_dollars": held.held.dollars,
+            }
+        )
     row.update(forecast_columns(run_dir, row["train_device_hours"] + row["eval_device_hours"]))
     if len(subnets):
         rows = sorted(subnets.select(["macs", "top1"]).to_pylist(), key=lambda r: r["macs"])

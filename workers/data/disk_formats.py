@@ -1,18 +1,20 @@
-"""The on-disk formats torchvision reads: CIFAR's python pickles and the ImageFolder (ImageNet) layout.
+"""The on-disk formats: CIFAR's python pickles (torchvision's reader) and image files of an ImageFolder.
 
 Nothing is downloaded: the files must be there. These readers and their
 transforms live apart from `datasets.py` because torchvision takes seconds to
-import, and the digits data (the quick start) never needs it.
+import, and the digits data (the quick start) never needs it. Transforms end in
+uint8 tensors; normalisation happens on the device (`device_input.py`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+from workers.data.image_index import SplitIndex
 
 
 def _existence_only(files: list[list[str]]) -> list[list]:
@@ -41,7 +43,7 @@ def cifar_transform(train: bool, resolution: int, auto_augment: bool) -> transfo
             steps.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10))
     if resolution != 32:
         steps.append(transforms.Resize(resolution))
-    return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    return transforms.Compose(steps + [transforms.PILToTensor()])
 
 
 def imagenet_transform(train: bool, resolution: int, auto_augment: bool) -> transforms.Compose:
@@ -51,8 +53,19 @@ def imagenet_transform(train: bool, resolution: int, auto_augment: bool) -> tran
             steps.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET))
     else:
         steps = [transforms.Resize(int(round(resolution / 0.875))), transforms.CenterCrop(resolution)]
-    return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return transforms.Compose(steps + [transforms.PILToTensor()])
 
 
-def image_folder(split: Path, transform: transforms.Compose) -> datasets.ImageFolder:
-    return datasets.ImageFolder(str(split), transform=transform)
+class ImageFiles(Dataset):
+    """The images of one split of an ImageFolder, as its index names them (no directory walk)."""
+
+    def __init__(self, folder: Path, index: SplitIndex, classes: tuple[str, ...], transform: transforms.Compose):
+        self.folder, self.index, self.classes, self.transform = str(folder), index, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        with open(f"{self.folder}/{self.index.path(i)}", "rb") as file:
+            image = Image.open(file).convert("RGB")
+        return self.transform(image), int(self.index.labels[i])

@@ -17,7 +17,12 @@ class DatasetSpec(Section):
     train_subset: int | None = Field(None, gt=0, description="use only the first N training images")
     test_subset: int | None = Field(None, gt=0, description="use only the first N test images")
     batch_size: int = Field(64, gt=0, description="images per worker per step")
-    loader_workers: int = Field(0, ge=0)
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    persistent_workers: bool = Field(True, description="keep loader workers between epochs (with loader_workers)")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each loader worker prepares; default 2")
+    index: Path | None = Field(
+        None, description="an ImageFolder's index of files; set by the planner to the run's own (image_index.parquet)"
+    )
     auto_augment: bool = False
 
     @model_validator(mode="after")

@@ -45,7 +45,7 @@ class Forecast:
     eval_subnets: int
     eval_seconds: float  # calibration + evaluation of all subnets, summed over workers
     eval_workers: int
-    eval_devices: int  # per evaluation worker
+    eval_devices: float  # the run's held devices per evaluation worker (at least the worker's own)
     eval_price_per_device_hour: float
     profile: dict = field(default_factory=dict)
     measured_in_run: bool = False  # measured inside the run's first training job: its time is part of that job

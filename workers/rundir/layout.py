@@ -43,6 +43,11 @@ class RunDir:
         return self.path / "forecast.json"
 
     @property
+    def image_index(self) -> Path:
+        """An ImageFolder dataset's files, scanned once (`workers/data/image_index.py`)."""
+        return self.path / "image_index.parquet"
+
+    @property
     def stages(self) -> Path:
         """The method's finished stages and their final checkpoints."""
         return self.path / "stages.json"
@@ -107,6 +112,11 @@ class RunDir:
     @property
     def subnets(self) -> Path:
         return self.path / "subnets.parquet"
+
+    @property
+    def holds(self) -> Path:
+        """When the run's cluster or allocation held its devices (`workers/rundir/holds.py`)."""
+        return self.path / "holds.parquet"
 
     @property
     def lost(self) -> Path:

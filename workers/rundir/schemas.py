@@ -118,3 +118,23 @@ LOST_COLUMNS = [
 ]
 LOST_SCHEMA = pa.schema(LOST_COLUMNS)
 LOST_KEY = ("run", "attempt")
+
+# Devices held: one row per stretch a run's cluster or allocation held them (workers/rundir/holds.py).
+HOLD_COLUMNS = [
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("group", pa.string()),
+    pa.field("hold", pa.int32(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # local cluster, slurm allocation, ray cluster
+    pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("ended_at", pa.timestamp("us", tz="UTC"), nullable=False),  # its end, or its last heartbeat
+    pa.field("held_seconds", pa.float64(), nullable=False),
+    pa.field("devices", pa.int32(), nullable=False),
+    pa.field("device_type", pa.string(), nullable=False),
+    pa.field("price_per_device_hour", pa.float64(), nullable=False),
+    pa.field("device_hours", pa.float64(), nullable=False),
+    pa.field("dollars", pa.float64(), nullable=False),
+    pa.field("open", pa.bool_(), nullable=False),  # still held, or ended by a controller that died
+]
+HOLD_SCHEMA = pa.schema(HOLD_COLUMNS)
+HOLD_KEY = ("run", "hold")

@@ -15,6 +15,8 @@ from workers.rundir.schemas import (
     EPOCH_SCHEMA,
     GRADIENT_KEY,
     GRADIENT_SCHEMA,
+    HOLD_KEY,
+    HOLD_SCHEMA,
     LOST_KEY,
     LOST_SCHEMA,
     SUBNET_KEY,
@@ -30,7 +32,7 @@ def as_dict(scalars: list[tuple[str, float]] | dict[str, float] | None) -> dict[
 
 
 class RunStore:
-    """The tables of one run: epochs (the ledger), subnets, lost work and the two diagnostics."""
+    """The tables of one run: epochs (the ledger), subnets, lost work, held devices and the two diagnostics."""
 
     def __init__(self, run_dir: Path | RunDir) -> None:
         self.files = as_run_dir(run_dir)
@@ -49,6 +51,10 @@ class RunStore:
     def record_lost(self, rows: list[dict]) -> None:
         if rows:
             upsert_rows(self.files.lost, rows, LOST_SCHEMA, LOST_KEY)
+
+    def record_holds(self, rows: list[dict]) -> None:
+        if rows:
+            upsert_rows(self.files.holds, rows, HOLD_SCHEMA, HOLD_KEY)
 
     def record_class_correlation(self, rows: list[dict]) -> None:
         if rows:
@@ -73,6 +79,9 @@ class RunStore:
 
     def lost(self) -> pa.Table:
         return read_rows(self.files.lost, LOST_SCHEMA)
+
+    def holds(self) -> pa.Table:
+        return read_rows(self.files.holds, HOLD_SCHEMA)
 
     def class_correlation(self) -> pa.Table:
         return read_rows(self.files.class_correlation, CLASS_CORRELATION_SCHEMA)

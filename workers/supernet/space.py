@@ -118,6 +118,12 @@ class SearchSpace:
     has_feature_mix: bool = True
     # OFA's kernel-transform matrices: smaller kernels are learned linear maps of the larger kernel's centre.
     kernel_transforms: bool = False
+    # OFA's elastic resolution: training draws one per minibatch, a subnet is evaluated at its own; () = `resolution`.
+    resolution_choices: tuple[int, ...] = ()
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return self.resolution_choices or (self.resolution,)
 
     @property
     def max_kernel(self) -> int:
@@ -142,7 +148,7 @@ class SearchSpace:
         """Every stage and block takes `pick` of each sorted choice list."""
         depth, kernel, expand = pick(self.depth_choices), pick(self.kernel_choices), pick(self.expand_choices)
         return SubnetConfig(
-            tuple(self._stage(layout, depth, kernel, expand, None) for layout in self.stages), self.resolution
+            tuple(self._stage(layout, depth, kernel, expand, None) for layout in self.stages), pick(self.resolutions)
         )
 
     def largest(self) -> SubnetConfig:
@@ -156,10 +162,10 @@ class SearchSpace:
         return self._uniform(lambda choices: choices[len(choices) // 2])
 
     def sample(self, rng: random.Random) -> SubnetConfig:
-        return SubnetConfig(
-            tuple(self._stage(layout, rng.choice(self.depth_choices), None, None, rng) for layout in self.stages),
-            self.resolution,
-        )
+        stages = tuple(self._stage(layout, rng.choice(self.depth_choices), None, None, rng) for layout in self.stages)
+        # One resolution draws nothing: a fixed-resolution space keeps the random stream it always had.
+        resolution = rng.choice(self.resolutions) if len(self.resolutions) > 1 else self.resolution
+        return SubnetConfig(stages, resolution)
 
     def restricted(
         self,

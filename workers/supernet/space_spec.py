@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal, Protocol
 
 from pydantic import Field, field_validator
@@ -21,6 +22,21 @@ class SpaceSpec(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     bn_momentum: float = Field(0.01, gt=0.0, le=1.0)
     kernel_transforms: bool = Field(False, description="OFA's learned 7->5->3 kernel-transform matrices")
+    resolutions: tuple[int, ...] | None = Field(
+        None,
+        description="OFA's elastic resolution (its ImageNet recipe: 128-224 in steps of 4): each minibatch is "
+        "resized on the device to one, drawn alike on every rank; a subnet is calibrated, evaluated and costed "
+        "at its own; at most dataset.resolution. Default: dataset.resolution alone",
+    )
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not value or min(value) < 8 or len(set(value)) != len(value):
+            raise ValueError("needs distinct resolutions of at least 8 pixels")
+        return tuple(sorted(value))
 
     @field_validator("kernel_choices", "expand_choices", "depth_choices")
     @classmethod
@@ -51,7 +67,7 @@ class DescribesSupernet(Protocol):
 
 def build_space(spec: DescribesSupernet) -> SearchSpace:
     s = spec.space
-    return SPACES[s.name](
+    space = SPACES[s.name](
         width_mult=s.width_mult,
         cifar=s.cifar_variant,
         resolution=spec.dataset.resolution,
@@ -60,3 +76,11 @@ def build_space(spec: DescribesSupernet) -> SearchSpace:
         depth_choices=s.depth_choices,
         kernel_transforms=s.kernel_transforms,
     )
+    if s.resolutions is None:
+        return space
+    if max(s.resolutions) > spec.dataset.resolution:
+        raise ValueError(
+            f"space.resolutions: {max(s.resolutions)} is above dataset.resolution {spec.dataset.resolution}, "
+            "the size the loaders deliver"
+        )
+    return replace(space, resolution_choices=s.resolutions)
