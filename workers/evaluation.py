@@ -58,7 +58,11 @@ class BatchNormStats:
     def of(cls, net: nn.Module, images: int) -> BatchNormStats:
         return cls(
             {
-                name: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked))
+                name: (
+                    m.running_mean.to("cpu", copy=True),
+                    m.running_var.to("cpu", copy=True),
+                    int(m.num_batches_tracked),
+                )
                 for name, m in _norms(net)
                 if int(m.num_batches_tracked) > 0
             },
@@ -201,14 +205,9 @@ class SubnetEvaluator:
             config = SubnetConfig.from_dict(data)
             self.net.set_active_subnet(config)
             seen = calibrate_bn(self.net, self._model_input(self.calibration, config.resolution))
-            stats = BatchNormStats.of(self.net, seen)
+            stats = BatchNormStats.of(self.net, seen)  # on the host: it travels to the driver
             self._synchronize()
-            out.append(
-                (
-                    BatchNormStats({k: (m.cpu(), v.cpu(), b) for k, (m, v, b) in stats.stats.items()}, seen),
-                    time.perf_counter() - started,
-                )
-            )
+            out.append((stats, time.perf_counter() - started))
         return out
 
     def count(self, configs: list[dict], stats: Sequence[BatchNormStats]) -> list[tuple[Counts, float]]:
