@@ -23,6 +23,7 @@ from orchestrator.run_monitor import RunMonitor, logged
 from orchestrator.training_job import run_training
 from workers.data.datasets import index_of
 from workers.data.image_index import keep_index
+from workers.forecast_model import ForecastJob
 from workers.rundir.budget import check_epoch, check_evaluation
 from workers.rundir.forecast import Forecast, load_forecast
 from workers.rundir.state import RunState, begin_submission, read_state, write_state
@@ -66,6 +67,13 @@ def announce(plan: Plan, described: dict | None = None) -> None:
 
 def _last_epoch(plan: Plan) -> int:
     return max((r["epoch"] for r in RunStore(plan.files).epochs().select(["epoch"]).to_pylist()), default=-1)
+
+
+def _steps_measured(measure: ForecastJob) -> str:
+    request = measure.request
+    if request.max_steps is None or request.max_steps <= request.steps:
+        return f"{request.steps} steps"
+    return f"{request.steps}-{request.max_steps} steps (until the median settles, at most {request.max_seconds:g}s)"
 
 
 def check_before_training(plan: Plan) -> None:
@@ -130,7 +138,7 @@ def execute(
                 enter(RunState.FORECASTING)
                 workers = plan.spec.cluster.num_workers
                 echo(
-                    f"[{plan.spec.run}] measuring the forecast: {measure.request.steps} steps of each phase "
+                    f"[{plan.spec.run}] measuring the forecast: {_steps_measured(measure)} of each phase "
                     f"on {workers} workers, in the training job"
                 )
             else:

@@ -29,6 +29,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     prepare_ray_environment()  # before anything imports ray
     signal.signal(signal.SIGTERM, _interrupt)
+    # Slurm's time-limit warning reaches every process of the job step: the head handles it (it tells the
+    # training through the run's notice file); by default it would kill this process.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="python -m orchestrator.driver")
     parser.add_argument("spec", nargs="?", help="the spec as JSON (absolute paths), as the submitting side saved it")
     parser.add_argument("--json", help="the spec itself, as JSON")

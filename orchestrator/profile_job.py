@@ -16,34 +16,62 @@ import shutil
 import tempfile
 import time
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
 
 from orchestrator.plan import Plan
+from orchestrator.storage.discovery import runs_in_group
 from orchestrator.training_job import torch_trainer
 from workers.forecast_model import ForecastJob, forecast_from_profile
-from workers.profiling import Profile, ProfileRequest, profile_worker
+from workers.profiling import PhaseTiming, Profile, ProfileRequest, profile_worker
 from workers.rundir.forecast import Forecast, load_forecast
 from workers.training_loop import quiet_ray_train_logs
 
 PROFILE_FILE = "profile.json"
 
 
-def profile_request(plan: Plan, steps: int) -> ProfileRequest:
-    """Every phase at its first epoch; the smallest and largest planned subnets for evaluation."""
+def profile_request(plan: Plan, known: tuple[PhaseTiming, ...] = ()) -> ProfileRequest:
+    """Every phase at its first epoch, timed until its median settles; the smallest and largest planned subnets
+    for evaluation. `known`: timings of identical work measured before, which need no timing again."""
     eval_subnets: tuple[str, ...] = ()
     if plan.subnets:
         by_macs = [c for _, c in sorted(zip(plan.subnet_macs, plan.subnets), key=lambda pair: pair[0])]
         ends = [by_macs[0], by_macs[-1]] if len(by_macs) > 1 else [by_macs[0]]
         eval_subnets = tuple(c.to_json() for c in ends)
+    forecast = plan.spec.forecast
     return ProfileRequest(
         work=plan.work,
         phases=tuple((phase, first) for phase, first, _ in plan.phases),
-        steps=steps,
+        steps=forecast.steps,
         eval_subnets=eval_subnets,
+        warmup_steps=forecast.warmup_steps,
+        max_steps=forecast.max_steps,
+        max_seconds=forecast.max_seconds,
+        tolerance=forecast.tolerance,
+        known=known,
     )
+
+
+def measured_phases(forecast: Forecast | None, run: str) -> tuple[PhaseTiming, ...]:
+    """The phases a forecast timed itself, as known work for another run's measurement."""
+    if forecast is None or not forecast.profile:
+        return ()
+    timings = [PhaseTiming(**p) for p in forecast.profile.get("phases", [])]
+    return tuple(replace(t, reused_from=f"{run}/{t.phase}") for t in timings if t.work_key and not t.reused_from)
+
+
+def group_measurements(plan: Plan) -> tuple[PhaseTiming, ...]:
+    """What the other runs of the plan's comparison group measured (the same work is not timed twice)."""
+    if plan.spec.group is None:
+        return ()
+    known: list[PhaseTiming] = []
+    for run_dir in runs_in_group(plan.run_dir.parent, plan.spec.group):
+        if run_dir.resolve() != plan.run_dir.resolve():
+            known += measured_phases(load_forecast(run_dir), run_dir.name)
+    return tuple(known)
 
 
 def forecast_job(plan: Plan) -> ForecastJob | None:
@@ -51,7 +79,7 @@ def forecast_job(plan: Plan) -> ForecastJob | None:
     recorded = load_forecast(plan.files)
     if recorded is not None and recorded.fingerprint == plan.fingerprint():
         return None
-    return ForecastJob(profile_request(plan, plan.spec.forecast.steps), plan.forecast_basis())
+    return ForecastJob(profile_request(plan, group_measurements(plan)), plan.forecast_basis())
 
 
 def profile_loop_per_worker(config: dict) -> None:
@@ -68,11 +96,11 @@ def profile_loop_per_worker(config: dict) -> None:
         ray.train.report({"world": world}, checkpoint=checkpoint)
 
 
-def measure_alone(plan: Plan, storage: Path) -> Forecast:
+def measure_alone(plan: Plan, storage: Path, known: tuple[PhaseTiming, ...] = ()) -> Forecast:
     """Time the run's work in a job of its own (the Ray cluster must be up); `storage` is emptied afterwards."""
     started = time.perf_counter()
     name = f"{plan.spec.run}.forecast-{time.strftime('%Y%m%d-%H%M%S')}"
-    request = profile_request(plan, plan.spec.forecast.steps)
+    request = profile_request(plan, known)
     trainer = torch_trainer(plan, profile_loop_per_worker, {"request": request}, name, storage, max_failures=0)
     try:
         result = trainer.fit()
@@ -97,9 +125,12 @@ def dry_run_forecasts(plans: list[Plan], cluster: AbstractContextManager | None)
     measured: list[dict | str] = []
     storage = Path(tempfile.mkdtemp(prefix="deps-orch-forecast-"))
     try:
+        known: tuple[PhaseTiming, ...] = ()
         with cluster:
             for plan in plans:
-                measured.append(measure_alone(plan, storage).summary())
+                forecast = measure_alone(plan, storage, known)
+                known += measured_phases(forecast, plan.spec.run)
+                measured.append(forecast.summary())
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     return measured

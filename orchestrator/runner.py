@@ -46,7 +46,8 @@ class Submission:
 
 
 # Exit codes of `deps-orch submit` for runs that stopped on purpose.
-STOPPED_EXIT = {RunState.BUDGET_EXHAUSTED: 3, RunState.CANCELLED: 130}
+# TIME_LIMIT's is EX_TEMPFAIL: the Slurm head requeues the job on it.
+STOPPED_EXIT = {RunState.BUDGET_EXHAUSTED: 3, RunState.TIME_LIMIT: 75, RunState.CANCELLED: 130}
 
 
 def held_since() -> float | None:
@@ -112,9 +113,10 @@ def _report(outcome: RunOutcome, run: str, label: str, seconds: float, run_dirs:
             f"{outcome.subnets_written} subnets evaluated; results in {run_dirs[0]}"
         )
     else:
+        again = "again" if outcome.state is RunState.TIME_LIMIT else "again (with a larger budget)"
         console.echo(
             f"[{run}] {outcome.state.value} in {seconds:.1f}s: {outcome.reason}; "
-            f"submit {label} again (with a larger budget) to resume from its last checkpoint"
+            f"submit {label} {again} to resume from its last checkpoint"
         )
     console.echo(render(COLUMNS, [run_costs(d) for d in run_dirs]))
 
@@ -140,18 +142,29 @@ def _comparison(submission: Submission, cluster: AbstractContextManager, console
                 if index == len(plans) - 1:
                     last_hold.enter_context(hold)
                 try:
-                    outcomes.append(
-                        execute(plan, nullcontext(), console.echo, nullcontext() if index == len(plans) - 1 else hold)
-                    )
+                    own_hold = nullcontext() if index == len(plans) - 1 else hold
+                    outcome = execute(plan, nullcontext(), console.echo, own_hold)
                 except RunFailed as failure:
                     console.echo(str(failure))
                     outcomes.append(failure)
+                    continue
+                outcomes.append(outcome)
+                if outcome.state is RunState.TIME_LIMIT:  # the allocation ends: the next run would not get far
+                    if index < len(plans) - 1:  # its hold has ended; the cluster's stop is still held for
+                        last_hold.enter_context(device_hold(plan, hold_kind, time.time()))
+                    break
     except KeyboardInterrupt:
         console.error(
             f"deps-orch: interrupted; submit {submission.label} again to resume {name}: finished runs are kept, "
             "the interrupted one resumes from its last checkpoint"
         )
         return 130
+    if outcomes and isinstance(outcomes[-1], RunOutcome) and outcomes[-1].state is RunState.TIME_LIMIT:
+        console.echo(
+            f"[{name}] {RunState.TIME_LIMIT.value}: {outcomes[-1].reason}; submit {submission.label} again "
+            "(a requeued job does) to go on from there: finished runs are kept"
+        )
+        return STOPPED_EXIT[RunState.TIME_LIMIT]
     failed = [o for o in outcomes if isinstance(o, RunFailed)]
     console.echo(
         f"[{name}] {len(outcomes) - len(failed)} of {len(outcomes)} runs succeeded in {time.time() - started:.1f}s; "

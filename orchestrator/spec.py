@@ -207,7 +207,19 @@ class StorageSpec(Section):
 
 class ForecastSpec(Section):
     measure: bool = Field(True, description="time every phase on the run's workers before training")
-    steps: int = Field(4, ge=1, le=1000, description="timed steps per phase")
+    warmup_steps: int = Field(2, ge=0, le=100, description="untimed steps first in each phase (kernels, caches)")
+    steps: int = Field(4, ge=1, le=1000, description="timed steps per phase, at least")
+    max_steps: int = Field(40, ge=1, le=10000, description="timed steps per phase at most, while the median settles")
+    max_seconds: float = Field(30.0, gt=0.0, description="a phase's timed steps stop after this, settled or not")
+    tolerance: float = Field(
+        0.02, gt=0.0, lt=1.0, description="settled: the last quarter of the steps moves the median less than this"
+    )
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> ForecastSpec:
+        if self.max_steps < self.steps:
+            raise ValueError(f"max_steps {self.max_steps} is below steps {self.steps}")
+        return self
 
 
 class JobSpec(Section):

@@ -16,6 +16,7 @@ from orchestrator.backends import backend_for, describe_plan
 from orchestrator.console import QuietConsole
 from orchestrator.plan import make_plan
 from orchestrator.profile_job import dry_run_forecasts
+from orchestrator.reports.table import Column, render
 from orchestrator.runner import Submission, run_here
 from orchestrator.spec import JobSpec
 
@@ -40,7 +41,11 @@ def submit(
     described = tuple(describe_plan(plan) for plan in plans)
     submission = Submission(spec, plans, str(label), detach=detach, verbose=verbose, described=described)
     if dry_run:
-        print(yaml.safe_dump(_dry_run(submission, measure=not no_forecast and spec.forecast.measure), sort_keys=False))
+        shown = _dry_run(submission, measure=not no_forecast and spec.forecast.measure)
+        print(yaml.safe_dump(shown, sort_keys=False))
+        if shown.get("projected"):  # the group's Table 2, also as text; YAML comments, so the output still parses
+            table = render(PROJECTED_COLUMNS, shown["projected"])
+            print("\n".join(f"# {line}" for line in [f"projected: {submission.name}", *table.splitlines()]))
         return 0
     if here:
         return run_here(submission, backend.cluster(), backend.hold_kind)
@@ -59,4 +64,33 @@ def _dry_run(submission: Submission, measure: bool) -> dict:
             run["forecast"] = forecast
     if submission.spec.methods is None:
         return described[0]
-    return {"comparison": submission.name, "runs": described}
+    shown = {"comparison": submission.name, "runs": described}
+    if measure and all(isinstance(run.get("forecast"), dict) for run in described):
+        shown["projected"] = [projected_row(p.method, run["forecast"]) for p, run in zip(submission.plans, described)]
+    return shown
+
+
+PROJECTED_COLUMNS = (
+    Column("method", "method"),
+    Column("epochs", "epochs"),
+    Column("device_minutes_per_epoch", "dev-min/epoch", ".3g"),
+    Column("training_device_hours", "train dev-h", ".4g"),
+    Column("eval_device_hours", "eval dev-h", ".4g"),
+    Column("device_hours", "total dev-h", ".4g"),
+    Column("dollars", "total $", ".4f"),
+)
+
+
+def projected_row(method: str, forecast: dict) -> dict:
+    """A method's line of the group's projected Table 2, from its forecast summary."""
+    epochs = sum(p["epochs"] for p in forecast["phases"])
+    training = forecast["training"]["device_hours"]
+    return {
+        "method": method,
+        "epochs": epochs,
+        "device_minutes_per_epoch": round(training * 60 / epochs, 4) if epochs else None,
+        "training_device_hours": training,
+        "eval_device_hours": forecast["evaluation"]["device_hours"],
+        "device_hours": forecast["total"]["device_hours"],
+        "dollars": forecast["total"]["dollars"],
+    }

@@ -21,6 +21,7 @@ from orchestrator.plan import Plan
 from workers.forecast_model import ForecastJob
 from workers.rundir.stages import finished_weights
 from workers.rundir.stops import RunStopped, read_stop
+from workers.rundir.time_limit import TimeLimit
 from workers.training_loop import TrainJobConfig, train_loop_per_worker
 
 
@@ -68,6 +69,7 @@ def build_trainer(
         init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
         teacher_checkpoints=teacher_checkpoints or {},
         forecast=forecast,
+        time_limit=TimeLimit.from_environment(),
     )
     return torch_trainer(
         plan, train_loop_per_worker, {"job": job}, plan.spec.run, plan.files.ray_storage, plan.spec.cluster.max_failures
@@ -103,7 +105,7 @@ def run_training(plan: Plan, echo: Callable[[str], None] = print, forecast: Fore
     init = earlier[stages[first - 1].name] if first > 0 else None
     teachers = {name: str(path) for name, path in earlier.items()}
     build_trainer(plan, first, init, teachers, forecast).fit()
-    stopped = read_stop(plan.files)  # the workers stopped on purpose (a cancel request, the budget)
+    stopped = read_stop(plan.files)  # the workers stopped on purpose (a cancel, the budget, the time limit)
     if stopped is not None:
         raise RunStopped(stopped)
     final = finished_checkpoint(plan, len(stages) - 1)

@@ -128,7 +128,7 @@ def one_torch_thread() -> Iterator[None]:
 def tiny_spec(tmp_path: Path):
     """Write a small DepS spec on the digits data into tmp_path; returns a function taking overrides.
 
-    Its forecast times 2 steps a phase and it takes no diagnostics: the tests of those ask for them.
+    Its forecast times 2 steps a phase (after 1 untimed) and it takes no diagnostics: the tests of those ask for them.
     """
     import yaml
 
@@ -154,7 +154,7 @@ def tiny_spec(tmp_path: Path):
                 "workers": 2,
                 "diagnostics": {"enabled": False},
             },
-            "forecast": {"steps": 2},
+            "forecast": {"steps": 2, "max_steps": 2, "warmup_steps": 1},
             "storage": {"root": str(tmp_path / "runs")},
         }
         for key, value in sections.items():

@@ -221,7 +221,7 @@ def test_a_budget_stops_the_run_a_larger_one_resumes_it_and_cancel_keeps_it_resu
     tiny_spec, tmp_path, shared_cluster
 ):
     env, cluster = shared_cluster.env, shared_cluster.CLUSTER
-    spec = tiny_spec("budgeted", method={"epochs": 4, "warmup_fraction": 0.5}, forecast={"steps": 2}, cluster=cluster)
+    spec = tiny_spec("budgeted", method={"epochs": 4, "warmup_fraction": 0.5}, cluster=cluster)
     root = str(tmp_path / "runs")
     run_dir = tmp_path / "runs" / "budgeted"
 

@@ -9,10 +9,18 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook
 
 from orchestrator.plan import make_plan
-from orchestrator.profile_job import profile_request
+from orchestrator.profile_job import measured_phases, profile_request
 from orchestrator.spec_file import load_spec
 from workers.forecast_model import forecast_from_profile
-from workers.profiling import EvalTiming, PhaseTiming, Profile, measure_profile, profile_worker, untouched
+from workers.profiling import (
+    EvalTiming,
+    PhaseTiming,
+    Profile,
+    measure_profile,
+    median_settled,
+    profile_worker,
+    untouched,
+)
 from workers.rundir.estimator import EpochCostEstimator, outlook
 from workers.rundir.forecast import load_forecast, save_forecast
 from workers.supernet.supernet import ElasticSupernet
@@ -81,7 +89,7 @@ class ForwardClock:
 
 def test_the_profile_times_every_phase_its_fixed_work_and_evaluations(tiny_spec, torch_defaults):
     plan = _plan(tiny_spec)
-    request = profile_request(plan, steps=2)
+    request = profile_request(plan)
     assert [p for p, _ in request.phases] == ["warmup", "shrinking"]
     assert len(request.eval_subnets) == 2  # the smallest and the largest planned subnet
     setup = set_up_worker(plan.work, rank=0, world=1, device=torch.device("cpu"))
@@ -111,7 +119,7 @@ def test_the_profile_times_every_phase_its_fixed_work_and_evaluations(tiny_spec,
 
 def test_a_dry_runs_profile_has_a_set_up_of_its_own(tiny_spec, torch_defaults):
     plan = _plan(tiny_spec)
-    profile = profile_worker(profile_request(plan, steps=1), rank=0, world=1, device=torch.device("cpu"))
+    profile = profile_worker(profile_request(plan), rank=0, world=1, device=torch.device("cpu"))
     assert [p.phase for p in profile.phases] == ["warmup", "shrinking"] and profile.setup_seconds > 0
 
 
@@ -120,7 +128,7 @@ def test_measuring_leaves_the_weights_and_the_optimiser_as_they_were(tiny_spec, 
     setup = set_up_worker(plan.work, rank=0, world=1, device=torch.device("cpu"))
     before = {k: v.clone() for k, v in setup.net.state_dict().items()}
     with untouched(setup):
-        measure_profile(setup, profile_request(plan, steps=1), 0.0)
+        measure_profile(setup, profile_request(plan), 0.0)
     after = setup.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert setup.optimizer.state_dict()["state"] == {}
@@ -214,3 +222,63 @@ def test_outlook_adds_the_rest_of_the_run_to_what_was_spent(tiny_spec):
     stopped = outlook(forecast, phases, rows, running=False)
     extra = stopped.total.device_hours - running.total.device_hours
     assert extra == pytest.approx(forecast.setup_seconds * forecast.devices / 3600)
+
+
+def test_a_median_settles_when_its_last_quarter_no_longer_moves_it():
+    assert not median_settled([1.0] * 4, 0.02)  # too few to tell (and one step earlier, fewer still)
+    assert median_settled([1.0] * 5, 0.02)
+    assert not median_settled([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0], 0.02)  # still climbing
+    noisy = [1.0, 1.2, 0.9, 1.1, 1.0, 1.05, 0.95, 1.0]
+    assert median_settled(noisy, 0.06) and not median_settled(noisy[:5], 0.02)
+
+
+def test_each_phase_is_timed_until_its_median_settles_or_its_cap(tiny_spec, torch_defaults):
+    # The clock counts forwards: a warmup step is 1 "second", a shrinking step 3, exactly, so both settle at
+    # the fifth timed step, after the two untimed ones.
+    plan = _plan(tiny_spec, forecast={"steps": 2, "max_steps": 40, "warmup_steps": 2})
+    setup = set_up_worker(plan.work, rank=0, world=1, device=torch.device("cpu"))
+    clock = ForwardClock()
+    hook = register_module_forward_hook(clock.count)
+    try:
+        with untouched(setup):
+            settled = measure_profile(setup, profile_request(plan), 0.0, clock)
+            capped = measure_profile(
+                setup,
+                profile_request(_plan(tiny_spec, forecast={"steps": 4, "max_steps": 40, "max_seconds": 9.0})),
+                0.0,
+                clock,
+            )
+    finally:
+        hook.remove()
+    assert [len(p.step_seconds) for p in settled.phases] == [5, 5]
+    assert [p.step_seconds[0] for p in settled.phases] == [1.0, 3.0]
+    # 9 "seconds" a phase: the warmup's 1 s steps settle first (at 5); the 3 s shrinking steps reach the cap
+    # at 3, below the 4 every phase gets at least, so they stop at 4.
+    assert [len(p.step_seconds) for p in capped.phases] == [5, 4]
+
+
+def test_identical_work_is_timed_once_across_methods(tiny_spec, torch_defaults, tmp_path):
+    import yaml
+
+    deps = _plan(tiny_spec)
+    path = tiny_spec("compofa-fc")
+    spec = yaml.safe_load(path.read_text())
+    spec["method"] = {
+        "name": "compofa",
+        "teacher_epochs": 1,
+        "phase1": {"epochs": 1, "lr": 0.02, "subnets_per_step": 2},
+        "phase2": {"epochs": 1, "lr": 0.03, "subnets_per_step": 2, "warmup_epochs": 0},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    compofa = make_plan(load_spec(path))
+    with_deps = measure_profile(
+        set_up_worker(deps.work, rank=0, world=1, device=torch.device("cpu")), profile_request(deps), 0.0
+    )
+    known = measured_phases(forecast_from_profile(deps.forecast_basis(), with_deps), "fc")
+    request = profile_request(compofa, known)
+    profile = measure_profile(set_up_worker(compofa.work, 0, 1, torch.device("cpu")), request, 0.0)
+    teacher, *phases = profile.phases
+    # CompOFA's teacher phase trains the full model alone, as DepS's warmup does: DepS's timing serves it.
+    assert teacher.reused_from == "fc/warmup" and teacher.step_seconds == with_deps.phases[0].step_seconds
+    assert teacher.phase == "teacher" and teacher.work_key == with_deps.phases[0].work_key
+    assert all(not p.reused_from and p.work_key != teacher.work_key for p in phases)  # their own work: timed

@@ -143,3 +143,38 @@ def test_every_method_runs_in_one_comparison_and_resumes_at_the_right_stage(tmp_
     # RSS trains the largest subnet alone, then the smallest: no subnet losses beside the first.
     assert _ledger(root / "cmp-rss-max-then-min").subnet_loss.isna().all()
     assert "expand2" in json.loads((ofa_dir / "stages.json").read_text())
+
+
+def test_a_groups_dry_run_projects_its_table_and_times_shared_work_once(tmp_path):
+    spec = {
+        "run": "projected",
+        **TINY,
+        "cluster": {"num_workers": 2, "cpus_per_worker": 1},
+        "forecast": {"steps": 2, "max_steps": 4, "warmup_steps": 1},
+        "methods": [
+            {"name": "deps", "epochs": 2, "warmup_fraction": 0.5, "eps_ramp_epochs": 1, "subnets_per_step": 3},
+            {"name": "compofa", "teacher_epochs": 1, "phase1": {"epochs": 1}, "phase2": {"epochs": 1}},
+        ],
+        "storage": {"root": str(tmp_path / "runs")},
+    }
+    path = tmp_path / "projected.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    dry = deps_orch("submit", str(path), "--dry-run", timeout=600)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    shown = yaml.safe_load(dry.stdout)  # the text table is YAML comments: the output still parses
+    rows = {r["method"]: r for r in shown["projected"]}
+    assert list(rows) == ["deps", "compofa"] and rows["deps"]["epochs"] == 2
+    for row, run in zip(rows.values(), shown["runs"], strict=True):
+        forecast = run["forecast"]
+        assert row["epochs"] == sum(p["epochs"] for p in forecast["phases"])
+        assert row["device_hours"] == forecast["total"]["device_hours"] > 0
+        per_epoch = forecast["training"]["device_hours"] * 60 / row["epochs"]
+        assert row["device_minutes_per_epoch"] == pytest.approx(per_epoch, rel=1e-3)
+    # CompOFA's teacher phase is DepS's warmup (the full model alone): timed once, for DepS.
+    deps_phases, compofa_phases = (run["forecast"]["phases"] for run in shown["runs"])
+    assert [p["timed"] for p in deps_phases] == ["here", "here"]
+    assert [p["timed"] for p in compofa_phases] == ["as projected-deps/warmup", "here", "here"]
+    assert compofa_phases[0]["step_seconds"] == deps_phases[0]["step_seconds"]
+    table = [line for line in dry.stdout.splitlines() if line.startswith("# ")]
+    assert table[0] == "# projected: projected" and "dev-min/epoch" in table[1] and len(table) == 5
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing

@@ -157,23 +157,22 @@ def test_scancel_stops_the_run_and_leaves_no_ray_process(slurm, tiny_spec, tmp_p
     _wait_for(lambda: _state(run_dir) == "INTERRUPTED", 30, "the driver to leave the run INTERRUPTED")
 
 
-def test_a_preempted_job_is_requeued_resumes_and_the_ledger_shows_the_lost_hours(slurm, tiny_spec, tmp_path):
-    spec = _slurm_spec(tiny_spec, "slurm-preempt", epochs=4, evaluation={"subnets": 0})
-    run_dir = tmp_path / "runs" / "slurm-preempt"
+def _preempted(tiny_spec, name: str, signal_job) -> tuple[Path, str, float, str]:
+    """A 4-epoch run hit 1 s into its second epoch by `signal_job(job_id)`; returns (run dir, job, seen, output)."""
+    spec = _slurm_spec(tiny_spec, name, epochs=4, evaluation={"subnets": 0})
+    run_dir = tmp_root(spec) / name
     process = _submit_in_background(str(spec))
     try:
         _wait_for(lambda: _into_next_epoch(run_dir, 1.0), 400, "a heartbeat 1 s into the second epoch", process)
         seen = _into_next_epoch(run_dir, 1.0)
         job_id = _job_id(run_dir)
-        # Preemption or the time limit's warning, as submitit handles it: USR2, checkpoint(), scontrol requeue.
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        signal_job(job_id)
         output, _ = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
-    assert "requeueing" in output and "SUCCEEDED" in output
-
+    assert "SUCCEEDED" in output, output
     ledger = _ledger(run_dir)
     assert list(ledger.epoch) == list(range(4))  # every epoch exactly once
     assert json.loads((run_dir / "attempts.json").read_text())["attempts"] == 2
@@ -184,7 +183,54 @@ def test_a_preempted_job_is_requeued_resumes_and_the_ledger_shows_the_lost_hours
         "ray-head-0.json",
         "ray-head-1.json",
     ]
+    _assert_no_ray_left(run_dir)
+    return run_dir, job_id, seen, output
 
+
+def tmp_root(spec: Path) -> Path:
+    return Path(yaml.safe_load(spec.read_text())["storage"]["root"])
+
+
+def _held_time_adds_up(run_dir: Path, first_closed: bool) -> dict:
+    """One hold per allocation (the first and its requeue), each second of it useful, overhead or lost."""
+    report = deps_orch("cost-report", str(run_dir), "--format", "json")
+    (row,) = json.loads(report.stdout)
+    holds = pq.read_table(run_dir / "holds.parquet").to_pandas()
+    assert list(holds.kind) == ["slurm allocation"] * 2 and (holds.devices == 2).all()
+    # An allocation killed with its driver leaves its hold ending at its last heartbeat; one that ends on its
+    # own closes it.
+    assert not holds.open.iloc[1] and (not holds.open.iloc[0] if first_closed else True)
+    assert row["held_device_hours"] == pytest.approx(holds.device_hours.sum())
+    assert row["useful_device_hours"] + row["overhead_device_hours"] + row["lost_device_hours"] == pytest.approx(
+        row["held_device_hours"]
+    )
+    assert row["overhead_device_hours"] > 0 and row["total_dollars"] == pytest.approx(holds.dollars.sum())
+    return row
+
+
+def test_the_time_limits_warning_stops_training_cleanly_and_the_requeued_job_loses_nothing(slurm, tiny_spec):
+    # The time limit's warning (or a preemption's), as Slurm sends it: USR2 to the job. The head tells the
+    # training, which stops at its next check with nothing lost; then submitit requeues the job.
+    run_dir, _, _, output = _preempted(
+        tiny_spec, "slurm-warned", lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    )
+    assert "USR2: the allocation ends in 120s" in output and "requeueing" in output
+    log = (run_dir / "run.log").read_text()
+    assert "state TIME_LIMIT" in log and "state SUCCEEDED" in log
+    assert not (run_dir / "lost.parquet").exists()  # every step trained is in a checkpoint
+    row = _held_time_adds_up(run_dir, first_closed=True)
+    assert row["lost_device_hours"] == 0
+    print(deps_orch("cost-report", str(run_dir)).stdout)
+
+
+def test_a_job_requeued_without_warning_resumes_and_the_ledger_shows_the_lost_hours(slurm, tiny_spec):
+    # Slurm requeues the job itself (a preemption with no grace time): SIGTERM, the epoch in flight is lost.
+    run_dir, job_id, seen, output = _preempted(
+        tiny_spec, "slurm-preempt", lambda job: subprocess.run(["scontrol", "requeue", job], check=True)
+    )
+    assert "stopped by SIGTERM" in output
+    ledger = _ledger(run_dir)
+    first = list(ledger[ledger.attempt == 0].epoch)
     lost = pq.read_table(run_dir / "lost.parquet").to_pandas()
     assert pq.read_schema(run_dir / "lost.parquet").names == LOST_SCHEMA.names
     assert list(lost.attempt) == [0] and list(lost.detected_by_attempt) == [1]
@@ -193,19 +239,8 @@ def test_a_preempted_job_is_requeued_resumes_and_the_ledger_shows_the_lost_hours
     price = ledger.price_per_device_hour[0]
     assert lost.device_hours[0] == pytest.approx(lost.lost_seconds[0] * 2 / 3600)
     assert lost.dollars[0] == pytest.approx(lost.device_hours[0] * price)
-    _assert_no_ray_left(run_dir)
-
-    report = deps_orch("cost-report", str(run_dir), "--format", "json")
-    (row,) = json.loads(report.stdout)
+    row = _held_time_adds_up(run_dir, first_closed=False)
     assert row["lost_device_hours"] == pytest.approx(lost.device_hours.sum())
-    # Held time: one hold per allocation (the preempted job and its requeue), each split three ways.
-    holds = pq.read_table(run_dir / "holds.parquet").to_pandas()
-    assert list(holds.kind) == ["slurm allocation"] * 2 and not holds.open.any() and (holds.devices == 2).all()
-    assert row["held_device_hours"] == pytest.approx(holds.device_hours.sum())
-    assert row["useful_device_hours"] + row["overhead_device_hours"] + row["lost_device_hours"] == pytest.approx(
-        row["held_device_hours"]
-    )
-    assert row["overhead_device_hours"] > 0 and row["total_dollars"] == pytest.approx(holds.dollars.sum())
     columns = ["attempt", "epoch", "lost_seconds", "device_hours", "dollars"]
     print("\nlost work of the preemption test:\n" + lost[columns].to_string())
     print(deps_orch("cost-report", str(run_dir)).stdout)

@@ -26,6 +26,14 @@ class MixedPrecision:
         self.dtype = DTYPES.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
+    def state_dict(self) -> dict | None:
+        """The gradient scaler's state (its scale and growth count), for a checkpoint; None without one."""
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
     def autocast(self) -> AbstractContextManager:
         """The forwards' context: autocast to the precision's dtype, or nothing for fp32."""
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)

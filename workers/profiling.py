@@ -17,15 +17,18 @@ here knows of Ray.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from workers.data.datasets import test_dataset
@@ -44,22 +47,70 @@ Clock = Callable[[], float]
 class ProfileRequest:
     work: WorkerSpec
     phases: tuple[tuple[str, int], ...]  # (phase, its first epoch)
-    steps: int  # timed steps per phase, after one untimed step
+    steps: int  # timed steps per phase, at least; after `warmup_steps` untimed ones
     eval_subnets: tuple[str, ...] = ()  # subnet configs (JSON) to calibrate and evaluate
     eval_test_images: int = 1024  # at most this many test images per timed evaluation; the rest is extrapolated
+    warmup_steps: int = 1  # untimed steps first (the first one's time is kept: a job's first step pays for more)
+    max_steps: int | None = None  # time more steps, up to this many, until the median settles (None: `steps`)
+    max_seconds: float = float("inf")  # per phase, timed steps summed: the cap on a median that won't settle
+    tolerance: float = 0.02  # settled: the last quarter of the steps moved the median by less than this fraction
+    known: tuple[PhaseTiming, ...] = ()  # timings of identical work measured before (other phases, methods)
 
 
 @dataclass(frozen=True)
 class PhaseTiming:
     phase: str
     epoch: int
-    step_seconds: list[float]  # rank 0's wall time of each timed step
-    first_step_seconds: float  # the untimed step before them
+    step_seconds: list[float]  # each timed step's wall time on the slowest rank (DDP waits for it)
+    first_step_seconds: float  # the untimed first step
     subnets_per_step: float
+    work_key: str = ""  # the same for phases whose steps do the same work (`phase_work_key`)
+    reused_from: str = ""  # where this measurement was timed (`<run>/<phase>`, or a phase of this run), if not here
 
     @property
     def median_step_seconds(self) -> float:
         return statistics.median(self.step_seconds)
+
+    def reused_as(self, phase: str, epoch: int) -> PhaseTiming:
+        return replace(self, phase=phase, epoch=epoch, reused_from=self.reused_from or self.phase)
+
+
+def median_settled(times: list[float], tolerance: float) -> bool:
+    """Whether the median of `times` has stopped moving: adding the last quarter of them (at least 2) moved it by
+    less than `tolerance` of itself, and so it did one step earlier too."""
+
+    def steady(values: list[float]) -> bool:
+        last = max(2, len(values) // 4)
+        if len(values) < 2 * last:
+            return False
+        median = statistics.median(values)
+        return abs(median - statistics.median(values[:-last])) <= tolerance * median
+
+    return steady(times) and steady(times[:-1])
+
+
+def phase_work_key(setup: WorkerSetup, epoch: int, steps: int) -> str:
+    """What a phase's step costs depends on, and nothing else: data, network, optimiser kind, precision, workers,
+    and the subnets, targets and resolutions of its first `steps` steps. Phases (of any method) with equal keys
+    do the same work: one measurement serves them all."""
+    work, method = setup.work, setup.method
+    signature = []
+    for step in range(steps):
+        planned = method.steps(epoch, step, setup.steps_per_epoch, step_rng(work.seed, epoch, step))
+        resolution = step_resolution(method.space.resolutions, work.seed, epoch, step)
+        signature.append([resolution, *((s.config.subnet_id, s.target.value, s.dropout) for s in planned)])
+    basis = {
+        "dataset": work.dataset.model_dump(mode="json", exclude={"index"}),
+        "space": work.space.model_dump(mode="json"),
+        "optimizer": work.optimizer.name,
+        "precision": work.precision,
+        "threads": work.threads,
+        "world": setup.world,
+        "device": setup.device.type,
+        "teacher": method.stage_of(epoch).teacher is not None,
+        "steps": signature,
+    }
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -100,6 +151,8 @@ class Profile:
                     "step_seconds": p.step_seconds,
                     "first_step_seconds": p.first_step_seconds,
                     "subnets_per_step": p.subnets_per_step,
+                    "work_key": p.work_key,
+                    "reused_from": p.reused_from,
                 }
                 for p in self.phases
             ],
@@ -170,11 +223,21 @@ def measure_profile(
     net.train()
     for group in optimizer.param_groups:
         group["lr"] = 1e-3
-    phases, fetches = [], []
+    phases: list[PhaseTiming] = []
+    fetches: list[float] = []
+    known = {t.work_key: t for t in request.known if t.work_key}
+    max_steps = max(request.steps, request.max_steps or request.steps)
     for phase, epoch in request.phases:
+        key = phase_work_key(setup, epoch, request.warmup_steps + request.steps)
+        if key in known:  # the same work was timed already (an earlier phase, another method's run)
+            phases.append(known[key].reused_as(phase, epoch))
+            continue
         teacher = _frozen_teacher(setup) if method.stage_of(epoch).teacher is not None else None
-        times, counts = [], []
-        for step in range(request.steps + 1):
+        times: list[float] = []
+        counts: list[int] = []
+        first = 0.0
+        step = 0
+        while True:
             step_started = clock()
             images, labels = next_batch(step_resolution(method.space.resolutions, work.seed, epoch, step))
             fetches.append(clock() - step_started)
@@ -186,9 +249,21 @@ def measure_profile(
             setup.average_gradients()
             setup.precision.step(optimizer, net.parameters(), work.optimizer.grad_clip_norm)
             setup.synchronize()
-            times.append(clock() - step_started)
-            counts.append(len(steps))
-        phases.append(PhaseTiming(phase, epoch, times[1:], times[0], sum(counts) / len(counts)))
+            # Every rank gets the slowest rank's time: they all decide alike when the median has settled.
+            (seconds,) = setup.all_reduce([clock() - step_started], op=dist.ReduceOp.MAX)
+            if step == 0:
+                first = seconds
+            if step >= request.warmup_steps:
+                times.append(seconds)
+                counts.append(len(steps))
+            step += 1
+            if len(times) >= request.steps and (
+                len(times) >= max_steps or sum(times) >= request.max_seconds or median_settled(times, request.tolerance)
+            ):
+                break
+        timing = PhaseTiming(phase, epoch, times, first, sum(counts) / len(counts), work_key=key)
+        known[key] = timing
+        phases.append(timing)
     optimizer.zero_grad(set_to_none=True)
 
     # The epoch's fixed work, as the loop does it: a fresh loader iterator, the all-reduce of its sums,

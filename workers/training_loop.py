@@ -23,6 +23,7 @@ from torch import nn
 
 from workers.diagnostics import record_diagnostics
 from workers.epoch_guard import EpochGuard
+from workers.epoch_progress import EpochProgress, RankProgress, gather_ranks, restore_rng, rng_state
 from workers.forecast_model import ForecastJob, forecast_from_profile
 from workers.job import WorkerSpec
 from workers.methods import Stage, TrainingMethod
@@ -33,6 +34,7 @@ from workers.rundir.forecast import save_forecast
 from workers.rundir.pricing import Usage
 from workers.rundir.stages import record_finished_stage
 from workers.rundir.tables import RunStore
+from workers.rundir.time_limit import TimeLimit
 from workers.stage_training import frozen_teacher, stage_schedule
 from workers.step import StepLosses, run_step, step_resolution, step_rng
 from workers.worker_setup import WorkerSetup, set_up_worker
@@ -53,6 +55,7 @@ class TrainJobConfig:
     init_checkpoint: str | None = None  # the previous stage's final weights: the first stage starts from them
     teacher_checkpoints: dict[str, str] = field(default_factory=dict)  # final weights of stages finished before
     forecast: ForecastJob | None = None  # measure the run's forecast in this job first
+    time_limit: TimeLimit | None = None  # the allocation this job runs in ends: stop before it does
 
 
 def quiet_ray_train_logs() -> None:
@@ -68,11 +71,15 @@ def quiet_ray_train_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def _save_checkpoint(directory: str, net: nn.Module, optimizer: torch.optim.Optimizer, stage: int, epoch: int) -> None:
-    torch.save(
-        {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage, "epoch": epoch},
-        os.path.join(directory, CHECKPOINT_FILE),
-    )
+def _save_checkpoint(
+    directory: str, setup: WorkerSetup, stage: int, epoch: int, progress: EpochProgress | None = None
+) -> None:
+    """`epoch`: the last epoch finished; `progress`: the one in flight, for a step checkpoint."""
+    state = {"model": setup.net.state_dict(), "optimizer": setup.optimizer.state_dict(), "stage": stage}
+    state |= {"epoch": epoch, "scaler": setup.precision.state_dict()}
+    if progress is not None:
+        state["progress"] = progress.to_dict()
+    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
 
 
 def _restore(job: TrainJobConfig) -> tuple[dict | None, dict | None]:
@@ -105,10 +112,22 @@ def train_loop_per_worker(config: dict) -> None:
     setup = set_up_worker(work, rank, world, device, weights)
     method, net = setup.method, setup.net
     stages = method.stages()
+    progress = None
     if state is not None:
         setup.optimizer.load_state_dict(state["optimizer"])
+        setup.precision.load_state_dict(state.get("scaler"))
+        if state.get("progress") is not None:
+            progress = EpochProgress.from_dict(state["progress"])
     resume_stage = state["stage"] if state is not None else job.first_stage
     resume_epoch = state["epoch"] + 1 if state is not None else stages[resume_stage].first_epoch
+    if progress is not None and progress.of(rank, world) is None:
+        if rank == 0:
+            print(
+                f"[{work.run}] the step checkpoint of epoch {progress.epoch + 1} was saved by "
+                f"{len(progress.ranks)} workers, not {world}: epoch {progress.epoch + 1} starts again",
+                flush=True,
+            )
+        progress = None
     steps_per_epoch = setup.steps_per_epoch
     # Rank 0's marker of this attempt; it also charges the lost time of earlier attempts that died mid-epoch.
     attempt = next_attempt(run_dir) if rank == 0 else -1
@@ -128,7 +147,16 @@ def train_loop_per_worker(config: dict) -> None:
         else None
     )
     guard = EpochGuard(
-        work, run_dir, method, rank, device, steps_per_epoch, job.devices, job.price_per_device_hour, clock=clock
+        work,
+        run_dir,
+        method,
+        rank,
+        device,
+        steps_per_epoch,
+        job.devices,
+        job.price_per_device_hour,
+        clock=clock,
+        time_limit=job.time_limit,
     )
     if job.forecast is not None:
         setup.synchronize()
@@ -160,9 +188,23 @@ def train_loop_per_worker(config: dict) -> None:
         schedule = stage_schedule(work, method, stage, setup.global_batch, steps_per_epoch)
         first = resume_epoch if index == resume_stage else stage.first_epoch
         for epoch in range(first, stage.end_epoch):
+            resumed = progress if progress is not None and progress.epoch == epoch else None
             charged_from, stopped = _train_epoch(
-                setup, job, stage, schedule, teacher, guard, attempt_log, store, attempt, epoch, charged_from, clock
+                setup,
+                job,
+                stage,
+                schedule,
+                teacher,
+                guard,
+                attempt_log,
+                store,
+                attempt,
+                epoch,
+                charged_from,
+                clock,
+                resumed,
             )
+            progress = None
             if stopped:
                 break
         if stopped:
@@ -171,8 +213,8 @@ def train_loop_per_worker(config: dict) -> None:
         finals[stage.name] = final
         if rank == 0:
             record_finished_stage(run_dir, stage.name, stage.first_epoch, stage.epochs, final["model"], final["epoch"])
-    if attempt_log is not None and not guard.stopped_mid_epoch:
-        attempt_log.finish()
+    if attempt_log is not None and (not guard.stopped_mid_epoch or guard.save_step):
+        attempt_log.finish()  # nothing is lost: the last checkpoint holds all that was trained
 
 
 def train_step(
@@ -215,9 +257,11 @@ def _train_epoch(
     epoch: int,
     charged_from: float,
     clock,
+    resumed: EpochProgress | None = None,
 ) -> tuple[float, bool]:
-    """One epoch of `stage`, its checkpoint and its ledger row; returns (when it was charged up to, stop?)."""
-    work, method, net, optimizer = setup.work, setup.method, setup.net, setup.optimizer
+    """One epoch of `stage` (from `resumed`'s step, if given), its checkpoint and its ledger row; returns (when
+    it was charged up to, stop?)."""
+    work, method, net = setup.work, setup.method, setup.net
     steps_per_epoch, rank, device = setup.steps_per_epoch, setup.rank, setup.device
     epoch_start = clock()
     overhead = epoch_start - charged_from  # set-up, restore, a forecast, a stage change, the diagnostics before
@@ -225,9 +269,21 @@ def _train_epoch(
     setup.sampler.set_epoch(epoch)
     net.train()
     loss_sum = sub_sum = torch.zeros((), device=device)
-    sub_count = subnets = 0
+    sub_count = subnets = first_step = 0
+    wall_before = 0.0
     lr = schedule.base_lr
-    for step, (images, labels) in enumerate(setup.loader):
+    mine = resumed.of(rank, setup.world) if resumed is not None else None
+    if resumed is not None and mine is not None:
+        first_step, lr, wall_before = resumed.step, resumed.lr, resumed.wall_seconds
+        overhead += resumed.overhead_seconds
+        setup.sampler.resume_at(first_step * work.dataset.batch_size)
+        loss_sum = torch.tensor(mine.loss_sum, device=device)
+        sub_sum = torch.tensor(mine.subnet_loss_sum, device=device)
+        sub_count, subnets = mine.subnet_losses, mine.subnets
+    batches = iter(setup.loader)  # starting the loader draws a seed from the global generator: restore after it
+    if mine is not None:
+        restore_rng(mine.rng, device)
+    for step, (images, labels) in enumerate(batches, start=first_step):
         if guard.before_step(step):
             break
         lr = schedule.at((epoch - stage.first_epoch) * steps_per_epoch + step)
@@ -239,9 +295,16 @@ def _train_epoch(
         sub_count += losses.others
         subnets += losses.others + 1
     if guard.stopped_mid_epoch:
-        if attempt_log is not None:
+        if guard.save_step:
+            if step > first_step:  # else the last checkpoint already holds everything up to here
+                mine_now = RankProgress(loss_sum.item(), sub_sum.item(), sub_count, subnets, rng_state(device))
+                progress = EpochProgress(
+                    epoch, step, lr, wall_before + clock() - epoch_start, overhead, gather_ranks(mine_now, setup.world)
+                )
+                _report_step_checkpoint(setup, method.stages().index(stage), progress)
+        elif attempt_log is not None:
             attempt_log.abandon_epoch(epoch)
-        return charged_from, True  # the budget: this run's last checkpoint is the previous epoch's
+        return charged_from, True  # the budget (its last checkpoint is the previous epoch's), or the time limit
     guard.steps_finished()
     total_loss, total_sub, total_count = setup.all_reduce([loss_sum.item(), sub_sum.item(), float(sub_count)])
     metrics = {
@@ -252,12 +315,14 @@ def _train_epoch(
         "lr": lr,
         "scalars": method.scalars(epoch, steps_per_epoch - 1, steps_per_epoch),
     }
+    measured_at = 0.0
     with tempfile.TemporaryDirectory() as directory:
         ckpt = None
         if rank == 0:
-            _save_checkpoint(directory, net, optimizer, method.stages().index(stage), epoch)
+            _save_checkpoint(directory, setup, method.stages().index(stage), epoch)
             ckpt = ray.train.Checkpoint.from_directory(directory)
-            wall = clock() - epoch_start
+            measured_at = clock()
+            wall = wall_before + measured_at - epoch_start
             images_seen = setup.global_batch * steps_per_epoch
             _record_epoch(store, job, method, metrics, attempt, wall, overhead, images_seen, subnets / steps_per_epoch)
         stop = guard.after_epoch(epoch, method.epochs)
@@ -265,9 +330,19 @@ def _train_epoch(
         ray.train.report(reported | metrics["scalars"], checkpoint=ckpt)
         if attempt_log is not None:
             attempt_log.epoch_done(epoch)  # its checkpoint is stored: nothing up to here can be lost
-    charged_from = epoch_start + (wall if rank == 0 else clock() - epoch_start)
+    charged_from = measured_at if rank == 0 else clock()  # what follows the row is the next epoch's overhead
     record_diagnostics(work, store, method, net, epoch, steps_per_epoch, rank)  # rank 0, chosen epochs only
-    return charged_from, stop  # a cancel request, or the budget: this epoch's checkpoint is the run's last for now
+    return charged_from, stop  # a cancel request, the budget or the time limit: this checkpoint is the last for now
+
+
+def _report_step_checkpoint(setup: WorkerSetup, stage: int, progress: EpochProgress) -> None:
+    """Store a step checkpoint of the epoch in flight (every rank reports; rank 0 brings the files)."""
+    with tempfile.TemporaryDirectory() as directory:
+        ckpt = None
+        if setup.rank == 0:
+            _save_checkpoint(directory, setup, stage, progress.epoch - 1, progress)
+            ckpt = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report({"epoch": progress.epoch, "step": progress.step}, checkpoint=ckpt)
 
 
 def _record_epoch(

@@ -133,8 +133,10 @@ def start_node(command: list[str], log_path: Path, watch_pid: int | None = None,
     pid_file = log_path.with_name(log_path.name + ".pid")
     pid_file.unlink(missing_ok=True)
     # setsid --fork: the shell becomes a session leader whose parent exits at once; it records its pid and
-    # turns into `ray start`, which keeps that pid.
-    launcher = ["setsid", "--fork", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pid_file), *command]
+    # turns into `ray start`, which keeps that pid. USR2 is ignored there and so in every Ray process after it
+    # (an ignored signal stays ignored across exec): Slurm's time-limit warning is the job head's to handle, and
+    # by default it would kill a training worker that a cgroup-tracking Slurm signals with the rest of the step.
+    launcher = ["setsid", "--fork", "sh", "-c", 'trap "" USR2; echo $$ > "$0"; exec "$@"', str(pid_file), *command]
     with open(log_path, "ab") as log:
         subprocess.run(launcher, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=True)
     deadline = time.time() + timeout

@@ -69,7 +69,7 @@ class SlurmBackend(Backend):
         assert slurm is not None
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
-            job = submit_job(self.spec, work_dir)
+            job = submit_job(self.spec, work_dir, [p.run_dir for p in submission.plans])
         except RuntimeError as error:
             raise UserError(f"cluster.slurm: {error}") from None
         announce(submission, f"queued as Slurm job {job.job_id}")

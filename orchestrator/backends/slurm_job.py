@@ -19,6 +19,13 @@ requeues the job. The requeued job starts Ray again and the driver resumes
 from the run's last checkpoint. SIGTERM (scancel, or a preemption that Slurm
 requeues itself) stops the driver cleanly and leaves no result behind, so the
 login side tells a cancelled job (sacct: CANCELLED) from a requeued one.
+
+Nothing trained is thrown away at the limit: the driver knows when the
+allocation ends (`END_TIME_ENV`), so training stops at an epoch end when the
+next epoch would not fit, and the head requeues the job at once; on USR2 the
+head first writes the end into each run's notice file and waits (up to the
+warning's time less a margin) for the training workers to save a step
+checkpoint and the driver to end, then requeues.
 """
 
 from __future__ import annotations
@@ -44,13 +51,16 @@ from orchestrator.backends.ray_node import RayNode, free_port, start_command, st
 from orchestrator.backends.remote import cluster_python, remote_spec_json
 from orchestrator.backends.sbatch import submitit_parameters
 from orchestrator.ray_env import prepare_ray_environment
-from orchestrator.runner import HELD_SINCE_ENV
+from orchestrator.runner import HELD_SINCE_ENV, STOPPED_EXIT
 from orchestrator.spec import JobSpec
 from workers.rundir.layout import read_json, write_json
+from workers.rundir.state import RunState
+from workers.rundir.time_limit import END_TIME_ENV, STOP_MARGIN_SECONDS, write_notice
 
 JOB_FILE = "job.json"
 # Exit code of a task whose driver was stopped by SIGTERM: no submitit result, so a requeue is not mistaken for an end.
 INTERRUPTED_EXIT = 143
+TIME_LIMIT_EXIT = STOPPED_EXIT[RunState.TIME_LIMIT]  # the driver's: training stopped before the time limit
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD"}
 
 
@@ -61,16 +71,30 @@ class NodeLayout:
     gpus_per_node: int
     expose_dashboard: bool
     nodes_timeout_s: float
+    time_limit_s: float  # of one allocation
+    signal_seconds: float  # USR2 comes this long before the limit
 
 
 class SlurmRayJob(submitit.helpers.Checkpointable):
     """The function Slurm runs on every node of the allocation (one task per node)."""
 
-    def __init__(self, spec_json: str, work_dir: str, python: str, layout: NodeLayout) -> None:
+    def __init__(
+        self, spec_json: str, work_dir: str, python: str, layout: NodeLayout, run_dirs: list[str] | None = None
+    ) -> None:
         self.spec_json = spec_json
         self.work_dir = work_dir
         self.python = python
         self.layout = layout
+        self.run_dirs = run_dirs or []  # where a time-limit warning is written
+        self._driver: subprocess.Popen | None = None  # the head's driver, while it runs (not pickled)
+        self._requeued = False  # submitit requeues this allocation (USR2): the head must not do it again
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_driver", "_requeued")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._driver, self._requeued = None, False
 
     def __call__(self) -> dict:
         prepare_ray_environment()
@@ -124,11 +148,13 @@ class SlurmRayJob(submitit.helpers.Checkpointable):
                 EXPECTED_NODES_ENV: str(self.layout.nodes),
                 NODES_TIMEOUT_ENV: str(self.layout.nodes_timeout_s),
                 HELD_SINCE_ENV: str(allocation_start()),  # the driver's run holds the devices since then
+                END_TIME_ENV: str(allocation_end(self.layout.time_limit_s)),
             }
             print(
                 f"[slurm] Ray head at {address} ({cpus} CPUs, {gpus} GPUs) in {time.time() - started:.1f}s", flush=True
             )
             driver = subprocess.Popen([self.python, "-u", "-m", "orchestrator.driver", str(spec_path)], env=environ)
+            self._driver = driver
             code = driver.wait()
         finally:
             if driver is not None and driver.poll() is None:  # submitit is requeueing: stop the driver cleanly
@@ -137,11 +163,16 @@ class SlurmRayJob(submitit.helpers.Checkpointable):
                     driver.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     driver.kill()
-            write_json(done, {"code": code})
+            self._driver = None
+            write_json(done, {"code": None if code == TIME_LIMIT_EXIT else code})
             node.stop()
-            if code == 0:  # Ray's logs stay on the node only when something went wrong
+            if code in (0, TIME_LIMIT_EXIT):  # Ray's logs stay on the node only when something went wrong
                 shutil.rmtree(temp_dir, ignore_errors=True)
-        if terminated:
+        if code == TIME_LIMIT_EXIT and not terminated and not self._requeued:  # stopped before the limit: requeue now
+            print("[slurm] training stopped before the time limit: requeueing this job", flush=True)
+            subprocess.run(["scontrol", "requeue", job_id], check=False)
+            raise SystemExit(INTERRUPTED_EXIT)  # Slurm stops this allocation; the requeued one resumes
+        if terminated or self._requeued:
             print("[slurm] stopped by SIGTERM (scancel, or a preemption Slurm requeues itself)", flush=True)
             raise SystemExit(INTERRUPTED_EXIT)
         return {"code": code}
@@ -178,15 +209,40 @@ class SlurmRayJob(submitit.helpers.Checkpointable):
         return {"code": code}
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
-        """Preempted or at the time limit: requeue this same job; the driver resumes from the last checkpoint."""
+        """USR2 (the time limit comes, or a preemption): tell the training, let it save its step, then requeue."""
+        driver, warned = self._driver, time.time()
+        if driver is not None and driver.poll() is None:
+            # The training is to be out now, not at the limit: its checkpoint, the driver's end, Ray's stop and
+            # the requeue all come out of the warning's seconds.
+            source = f"Slurm's USR2, {self.layout.signal_seconds:.0f}s before the allocation ends"
+            for run_dir in self.run_dirs:
+                write_notice(Path(run_dir), warned, source)
+            wait = max(0.0, self.layout.signal_seconds - STOP_MARGIN_SECONDS)
+            print(f"[slurm] USR2: the allocation ends in {self.layout.signal_seconds:.0f}s; saving a step checkpoint")
+            try:
+                driver.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                print(f"[slurm] the driver did not end within {wait:.0f}s; requeueing with its last checkpoint")
         print("[slurm] preempted or at the time limit: requeueing; training resumes from its last checkpoint")
+        self._requeued = True
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def allocation_start() -> float:
+def allocation_end(time_limit_s: float, environ: dict[str, str] | None = None) -> float:
+    """When this allocation's devices are taken away: Slurm's own end where it says (23.02 and later; it
+    follows a changed time limit only at the job's start), else its start plus the time limit asked for."""
+    environ = os.environ if environ is None else environ
+    end = environ.get("SLURM_JOB_END_TIME")
+    if end:
+        return float(end)
+    return allocation_start(environ) + time_limit_s
+
+
+def allocation_start(environ: dict[str, str] | None = None) -> float:
     """When this allocation began holding its nodes: Slurm's own time where it says (23.02 and later), else when
     this task's process started (the job script's first step)."""
-    start = os.environ.get("SLURM_JOB_START_TIME")
+    environ = os.environ if environ is None else environ
+    start = environ.get("SLURM_JOB_START_TIME")
     if start:
         return float(start)
     ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # starttime, after boot
@@ -214,7 +270,7 @@ def _node_ip() -> str:
     return get_node_ip_address()
 
 
-def submit_job(spec: JobSpec, work_dir: Path) -> submitit.SlurmJob:
+def submit_job(spec: JobSpec, work_dir: Path, run_dirs: list[Path] | None = None) -> submitit.SlurmJob:
     """Ask Slurm for the allocation; returns submitit's job. Raises RuntimeError with sbatch's own message."""
     slurm = spec.cluster.slurm
     assert slurm is not None
@@ -229,10 +285,14 @@ def submit_job(spec: JobSpec, work_dir: Path) -> submitit.SlurmJob:
         gpus_per_node=slurm.gpus_per_node,
         expose_dashboard=spec.cluster.expose_dashboard,
         nodes_timeout_s=slurm.nodes_timeout_s,
+        time_limit_s=slurm.time_minutes * 60.0,
+        signal_seconds=float(slurm.signal_seconds),
     )
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error too; ours is one line
-            job = executor.submit(SlurmRayJob(remote_spec_json(spec), str(work_dir), python, layout))
+            job = executor.submit(
+                SlurmRayJob(remote_spec_json(spec), str(work_dir), python, layout, [str(d) for d in run_dirs or []])
+            )
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as error:
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
         raise RuntimeError(f"sbatch refused the job: {lines[-1] if lines else type(error).__name__}") from None

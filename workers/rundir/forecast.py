@@ -120,6 +120,7 @@ class Forecast:
 
     def summary(self) -> dict:
         """The forecast as `submit --dry-run` prints it and plan readers see it."""
+        reused = {p["phase"]: p.get("reused_from", "") for p in self.profile.get("phases", [])}
         return {
             "measured_on": f"{self.profile.get('world', self.devices)} workers, {self.devices} {self.device_type}",
             "measure_seconds": round(self.measure_seconds, 1),
@@ -128,6 +129,7 @@ class Forecast:
                     "phase": p.phase,
                     "epochs": p.epochs,
                     "step_seconds": round(p.step_seconds, 4),
+                    "timed": f"as {reused[p.phase]}" if reused.get(p.phase) else "here",
                     "subnets_per_step": p.subnets_per_step,
                     "epoch_seconds": round(p.epoch_seconds, 2),
                     "device_hours": round(p.device_hours, 6),

@@ -62,6 +62,11 @@ class RunDir:
         return self.path / "stopped.json"
 
     @property
+    def time_limit_notice(self) -> Path:
+        """When this allocation ends, as a warning (Slurm's USR2) told it; read by the training workers."""
+        return self.path / "time_limit.json"
+
+    @property
     def attempt_counter(self) -> Path:
         return self.path / "attempts.json"
 

@@ -29,6 +29,7 @@ class RunState(str, Enum):
     INTERRUPTED = "INTERRUPTED"
     CANCELLED = "CANCELLED"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    TIME_LIMIT = "TIME_LIMIT"  # stopped before its allocation's time limit; a requeue resumes it
 
     @property
     def is_terminal(self) -> bool:
@@ -39,6 +40,7 @@ class RunState(str, Enum):
             RunState.INTERRUPTED,
             RunState.CANCELLED,
             RunState.BUDGET_EXHAUSTED,
+            RunState.TIME_LIMIT,
         )
 
     @property

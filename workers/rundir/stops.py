@@ -19,7 +19,7 @@ from workers.rundir.state import RunState
 
 @dataclass(frozen=True)
 class StopRecord:
-    state: RunState  # CANCELLED or BUDGET_EXHAUSTED
+    state: RunState  # CANCELLED, BUDGET_EXHAUSTED or TIME_LIMIT
     reason: str
     epoch: int  # the last epoch trained and checkpointed; -1 if none was
 
@@ -73,3 +73,4 @@ def clear_stop(run_dir: Path | RunDir) -> None:
     files = as_run_dir(run_dir)
     files.cancel_request.unlink(missing_ok=True)
     files.stopped.unlink(missing_ok=True)
+    files.time_limit_notice.unlink(missing_ok=True)
