@@ -96,8 +96,12 @@ def profile_loop_per_worker(config: dict) -> None:
         ray.train.report({"world": world}, checkpoint=checkpoint)
 
 
-def measure_alone(plan: Plan, storage: Path, known: tuple[PhaseTiming, ...] = ()) -> Forecast:
-    """Time the run's work in a job of its own (the Ray cluster must be up); `storage` is emptied afterwards."""
+def measure_alone(
+    plan: Plan, storage: Path, known: tuple[PhaseTiming, ...] = (), held_since: float | None = None
+) -> Forecast:
+    """Time the run's work in a job of its own (the Ray cluster must be up); `storage` is emptied afterwards.
+    `held_since`: when the devices the run would hold began to be (default: now, the job's launch)."""
+    held_since = held_since if held_since is not None else time.time()
     started = time.perf_counter()
     name = f"{plan.spec.run}.forecast-{time.strftime('%Y%m%d-%H%M%S')}"
     request = profile_request(plan, known)
@@ -110,7 +114,7 @@ def measure_alone(plan: Plan, storage: Path, known: tuple[PhaseTiming, ...] = ()
             profile = Profile.from_dict(json.loads((Path(directory) / PROFILE_FILE).read_text()))
     finally:
         shutil.rmtree(storage / name, ignore_errors=True)
-    return forecast_from_profile(plan.forecast_basis(), profile, time.perf_counter() - started)
+    return forecast_from_profile(plan.forecast_basis(), profile, time.perf_counter() - started, held_since=held_since)
 
 
 def dry_run_forecasts(plans: list[Plan], cluster: AbstractContextManager | None) -> list[dict | str]:
@@ -126,9 +130,10 @@ def dry_run_forecasts(plans: list[Plan], cluster: AbstractContextManager | None)
     storage = Path(tempfile.mkdtemp(prefix="deps-orch-forecast-"))
     try:
         known: tuple[PhaseTiming, ...] = ()
+        cluster_started = time.time()  # a run's hold starts before its cluster; in a comparison, the first run's
         with cluster:
-            for plan in plans:
-                forecast = measure_alone(plan, storage, known)
+            for index, plan in enumerate(plans):
+                forecast = measure_alone(plan, storage, known, cluster_started if index == 0 else None)
                 known += measured_phases(forecast, plan.spec.run)
                 measured.append(forecast.summary())
     finally:

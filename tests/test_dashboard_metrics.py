@@ -233,9 +233,13 @@ def test_the_forecast_measured_in_the_training_job_is_the_one_cost_report_compar
     assert forecast is not None and forecast.measured_in_run and forecast.training_jobs == 1
     assert [(p.phase, p.first_epoch, p.epochs) for p in forecast.phases] == [("warmup", 0, 2), ("shrinking", 2, 2)]
     assert forecast.eval_subnets == 4 and forecast.eval_seconds > 0
-    epochs = pq.read_table(watched.run_dir / "epochs.parquet").to_pylist()
-    subnets = pq.read_table(watched.run_dir / "subnets.parquet").to_pylist()
-    actual = sum(r["device_hours"] for r in epochs) + sum(r["device_hours"] for r in subnets)
+    # The forecast is of held time: the start-up until the workers' set-up (at least the local cluster's
+    # start) and the evaluation workers' start are in it, priced at every held device.
+    holds = pq.read_table(watched.run_dir / "holds.parquet").to_pylist()
+    (hold,) = holds
+    assert 0 < forecast.startup_seconds < hold["held_seconds"]
+    assert forecast.eval_setup_seconds == pytest.approx(forecast.setup_seconds)
+    actual = hold["device_hours"]
     error = actual / forecast.total_device_hours - 1.0
     dry = watched.dry_run["forecast"]["total"]["device_hours"]
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -11,6 +12,7 @@ from torch.nn.modules.module import register_module_forward_hook
 from orchestrator.plan import make_plan
 from orchestrator.profile_job import measured_phases, profile_request
 from orchestrator.spec_file import load_spec
+from workers.diagnostics import diagnostics_seconds
 from workers.forecast_model import forecast_from_profile
 from workers.profiling import (
     EvalTiming,
@@ -160,6 +162,44 @@ def test_forecast_arithmetic_per_phase_evaluation_and_total(tiny_spec):
     summary = forecast.summary()
     assert [p["phase"] for p in summary["phases"]] == ["warmup", "shrinking"]
     assert summary["total"]["dollars"] == pytest.approx(forecast.total_dollars, abs=1e-6)
+
+
+def test_the_forecast_holds_the_start_up_the_diagnostics_and_the_evaluation_workers_start(tiny_spec):
+    plan = _plan(tiny_spec)
+    profile = replace(_profile(), diagnostics_seconds=4.0, started_at=1_000_030.0)
+    bare = forecast_from_profile(plan.forecast_basis(), replace(profile, diagnostics_seconds=0.0, started_at=0.0))
+    forecast = forecast_from_profile(plan.forecast_basis(), profile, held_since=1_000_000.0)
+    # From the hold's start until the workers began their set-up: the cluster's start and the job's launch.
+    assert forecast.startup_seconds == pytest.approx(30.0) and bare.startup_seconds == 0.0
+    assert forecast.training_seconds == pytest.approx(bare.training_seconds + 30.0 + 4.0)
+    # The evaluation workers start as the training workers did, while the run holds all its devices.
+    assert forecast.eval_setup_seconds == pytest.approx(2.0)
+    devices, price = plan.training.devices, plan.training.price.per_device_hour
+    assert forecast.eval_device_hours == pytest.approx(bare.eval_device_hours)
+    assert bare.eval_device_hours == pytest.approx(
+        (2.0 * max(devices, bare.eval_devices) + bare.eval_seconds * bare.eval_devices) / 3600
+    )
+    assert forecast.total_dollars == pytest.approx(bare.total_dollars + 34.0 * devices * price / 3600)
+    assert forecast.summary()["overhead_seconds"] == {"startup": 30.0, "diagnostics": 4.0, "evaluation_setup": 2.0}
+    assert forecast.wall_seconds == pytest.approx(bare.wall_seconds + 34.0)
+
+
+def test_the_profile_times_each_diagnostic_once_and_counts_it_at_every_epoch_it_is_taken(tiny_spec, torch_defaults):
+    plan = _plan(tiny_spec, evaluation={"diagnostics": {"enabled": True, "heatmap_images": 300}})
+    setup = set_up_worker(plan.work, rank=0, world=1, device=torch.device("cpu"))
+    clock = ForwardClock()
+    hook = register_module_forward_hook(clock.count)
+    try:
+        with untouched(setup):
+            # A heatmap: calibration (128 images in batches of 64) and 300 test images (batches of 256): 4
+            # forwards; taken at both phase ends. A gradient probe, once after warmup: the full model alone (no
+            # shrinking), then the sandwich's 3 subnets for each of the two shrinking variants.
+            seconds = diagnostics_seconds(plan.work, setup.method, setup.net, setup.steps_per_epoch, clock)
+            assert seconds == 2 * 4 + (1 + 3 + 3)
+    finally:
+        hook.remove()
+    off = _plan(tiny_spec)
+    assert diagnostics_seconds(off.work, setup.method, setup.net, setup.steps_per_epoch, clock) == 0.0
 
 
 def test_forecast_file_round_trips_and_its_fingerprint_ignores_the_budget(tiny_spec, tmp_path):

@@ -190,6 +190,46 @@ def gradient_diagnostic(
     return rows
 
 
+def _heatmap(spec: WorkerSpec, net: nn.Module) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The full model's class-correlation heatmap over the spec's heatmap images: (images, matrix, counts)."""
+    config: DiagnosticsConfig = spec.evaluation.diagnostics
+    device = next(net.parameters()).device
+    model_input = functools.partial(normalization(spec.dataset).to_model_input, device=device)
+    images, _ = _test_images(spec.dataset, config.heatmap_images)
+    probe = copy.deepcopy(net)
+    probe.set_active_subnet(probe.space.largest())
+    probe.active_dropout = 0.0
+    # Once subnets train, BN statistics mix theirs with the full model's: calibrate as evaluation does.
+    calibration, _ = _training_images(spec.dataset, spec.evaluation.calibration_images)
+    calibrate_bn(probe, (model_input(x) for x in calibration.split(spec.evaluation.calibration_batch_size)))
+    probe.eval()
+    with torch.no_grad():
+        logits = torch.cat([probe(model_input(x)).float().cpu() for x in images.split(spec.evaluation.test_batch_size)])
+    matrix, counts = class_correlation(logits, probe.num_classes)
+    return len(images), matrix, counts
+
+
+def _gradients(
+    spec: WorkerSpec, method: TrainingMethod, net: nn.Module, epoch: int, steps_per_epoch: int
+) -> list[dict] | None:
+    """The gradient probe of epoch + 1's first step; None where there is nothing this probe can compare."""
+    steps = method.steps(epoch + 1, 0, steps_per_epoch, step_rng(spec.seed, epoch + 1, 0))
+    if len(steps) < 2 or any(s.target not in (Target.LABELS, Target.INPLACE_KD) for s in steps):
+        return None  # nothing to compare, or a frozen-teacher step this probe cannot reproduce
+    device = next(net.parameters()).device
+    model_input = normalization(spec.dataset).to_model_input
+    images, labels = _training_images(spec.dataset, spec.evaluation.diagnostics.gradient_images)
+    return gradient_diagnostic(
+        net,
+        steps,
+        model_input(images, device=device),
+        labels.to(device),
+        spec.optimizer.label_smoothing,
+        build_distillation(method.distillation()),
+        spec.seed + epoch,
+    )
+
+
 def record_diagnostics(
     spec: WorkerSpec,
     store: RunStore,
@@ -204,34 +244,18 @@ def record_diagnostics(
     if rank != 0 or not config.enabled:
         return
     device = next(net.parameters()).device
-    model_input = functools.partial(normalization(spec.dataset).to_model_input, device=device)
     base = {"run": spec.run, "group": spec.group, "method": method.name, "epoch": epoch, "phase": method.phase(epoch)}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if epoch in heatmap_epochs(config, method):
             started = time.time()
-            images, _ = _test_images(spec.dataset, config.heatmap_images)
-            probe = copy.deepcopy(net)
-            probe.set_active_subnet(probe.space.largest())
-            probe.active_dropout = 0.0
-            # Once subnets train, BN statistics mix theirs with the full model's: calibrate as evaluation does.
-            calibration, _ = _training_images(spec.dataset, spec.evaluation.calibration_images)
-            calibrate_bn(
-                probe,
-                (model_input(x) for x in calibration.split(spec.evaluation.calibration_batch_size)),
-            )
-            probe.eval()
-            with torch.no_grad():
-                logits = torch.cat(
-                    [probe(model_input(x)).float().cpu() for x in images.split(spec.evaluation.test_batch_size)]
-                )
-            matrix, counts = class_correlation(logits, probe.num_classes)
+            images, matrix, counts = _heatmap(spec, net)
             seconds = time.time() - started
             now = datetime.now(timezone.utc)
             store.record_class_correlation(
                 [
                     {
                         **base,
-                        "images": len(images),
+                        "images": images,
                         "predicted_class": i,
                         "other_class": j,
                         "predicted_count": int(counts[i]),
@@ -244,20 +268,10 @@ def record_diagnostics(
                 ]
             )
         if epoch in gradient_epochs(config, method) and epoch + 1 < method.epochs:
-            steps = method.steps(epoch + 1, 0, steps_per_epoch, step_rng(spec.seed, epoch + 1, 0))
-            if len(steps) < 2 or any(s.target not in (Target.LABELS, Target.INPLACE_KD) for s in steps):
-                return  # nothing to compare, or a frozen-teacher step this probe cannot reproduce
             started = time.time()
-            images, labels = _training_images(spec.dataset, config.gradient_images)
-            rows = gradient_diagnostic(
-                net,
-                steps,
-                model_input(images),
-                labels.to(device),
-                spec.optimizer.label_smoothing,
-                build_distillation(method.distillation()),
-                spec.seed + epoch,
-            )
+            rows = _gradients(spec, method, net, epoch, steps_per_epoch)
+            if rows is None:
+                return
             seconds, now = time.time() - started, datetime.now(timezone.utc)
             store.record_gradients(
                 [
@@ -266,3 +280,27 @@ def record_diagnostics(
                     for row in rows
                 ]
             )
+
+
+def diagnostics_seconds(
+    spec: WorkerSpec, method: TrainingMethod, net: nn.Module, steps_per_epoch: int, clock=time.perf_counter
+) -> float:
+    """What the run's diagnostics will take in all (rank 0's work, which every rank waits for): each kind the
+    spec asks for timed once here, on `net` as it is, times the epochs it is recorded at."""
+    config: DiagnosticsConfig = spec.evaluation.diagnostics
+    if not config.enabled:
+        return 0.0
+    device = next(net.parameters()).device
+    total = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        heatmaps = heatmap_epochs(config, method)
+        if heatmaps:
+            started = clock()
+            _heatmap(spec, net)
+            total += (clock() - started) * len(heatmaps)
+        probes = sorted(e for e in gradient_epochs(config, method) if e + 1 < method.epochs)
+        if probes:
+            started = clock()
+            probed = _gradients(spec, method, net, probes[0], steps_per_epoch)
+            total += (clock() - started) * len(probes) if probed is not None else 0.0
+    return total

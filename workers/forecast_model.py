@@ -57,8 +57,14 @@ def _eval_seconds(basis: ForecastBasis, profile: Profile) -> float:
 
 
 def forecast_from_profile(
-    basis: ForecastBasis, profile: Profile, measure_seconds: float = 0.0, measured_in_run: bool = False
+    basis: ForecastBasis,
+    profile: Profile,
+    measure_seconds: float = 0.0,
+    measured_in_run: bool = False,
+    held_since: float | None = None,
 ) -> Forecast:
+    """`held_since`: when the devices began to be held (a Unix time): the start-up is from then until the
+    workers began their set-up (the cluster's start, the controller, the worker group's launch)."""
     timings = {p.phase: p for p in profile.phases}
     steps = basis.steps_per_epoch
     phases = []
@@ -103,4 +109,8 @@ def forecast_from_profile(
         eval_price_per_device_hour=basis.eval_price_per_device_hour,
         profile=profile.to_dict(),
         measured_in_run=measured_in_run,
+        startup_seconds=max(0.0, profile.started_at - held_since) if held_since and profile.started_at else 0.0,
+        diagnostics_seconds=profile.diagnostics_seconds,
+        # Evaluation workers start as training workers do (a process, the data, the supernet): the same set-up.
+        eval_setup_seconds=profile.setup_seconds if basis.eval_subnets else 0.0,
     )

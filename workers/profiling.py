@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from workers.data.datasets import test_dataset
+from workers.diagnostics import diagnostics_seconds
 from workers.evaluation import SubnetEvaluator
 from workers.job import WorkerSpec
 from workers.step import run_step, step_resolution, step_rng
@@ -137,11 +138,15 @@ class Profile:
     phases: list[PhaseTiming] = field(default_factory=list)
     evaluations: list[EvalTiming] = field(default_factory=list)
     steps_per_epoch: int = 0
+    diagnostics_seconds: float = 0.0  # all the run's diagnostics (rank 0's, which the others wait for)
+    started_at: float = 0.0  # when the workers began their set-up (a Unix time): the start-up ends there
 
     def to_dict(self) -> dict:
         return {
             "world": self.world,
             "setup_seconds": self.setup_seconds,
+            "diagnostics_seconds": self.diagnostics_seconds,
+            "started_at": self.started_at,
             "epoch_fixed_seconds": self.epoch_fixed_seconds,
             "steps_per_epoch": self.steps_per_epoch,
             "phases": [
@@ -166,6 +171,8 @@ class Profile:
             setup_seconds=data["setup_seconds"],
             epoch_fixed_seconds=data["epoch_fixed_seconds"],
             steps_per_epoch=data.get("steps_per_epoch", 0),
+            diagnostics_seconds=data.get("diagnostics_seconds", 0.0),
+            started_at=data.get("started_at", 0.0),
             phases=[PhaseTiming(**p) for p in data["phases"]],
             evaluations=[EvalTiming(**e) for e in data["evaluations"]],
         )
@@ -197,14 +204,18 @@ def untouched(setup: WorkerSetup) -> Iterator[None]:
 
 def profile_worker(request: ProfileRequest, rank: int, world: int, device: torch.device) -> Profile:
     """A dry run's measurement: a set-up of its own, then the timing. Every rank returns rank 0's figures."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     setup = set_up_worker(request.work, rank, world, device)
     setup.synchronize()
-    return measure_profile(setup, request, time.perf_counter() - started)
+    return measure_profile(setup, request, time.perf_counter() - started, started_at=started_at)
 
 
 def measure_profile(
-    setup: WorkerSetup, request: ProfileRequest, setup_seconds: float, clock: Clock = time.perf_counter
+    setup: WorkerSetup,
+    request: ProfileRequest,
+    setup_seconds: float,
+    clock: Clock = time.perf_counter,
+    started_at: float = 0.0,
 ) -> Profile:
     """Time the request's steps, fixed work and evaluations on `setup` (on every rank; returns rank 0's times)."""
     work, net, optimizer, method = setup.work, setup.net, setup.optimizer, setup.method
@@ -249,8 +260,9 @@ def measure_profile(
             setup.average_gradients()
             setup.precision.step(optimizer, net.parameters(), work.optimizer.grad_clip_norm)
             setup.synchronize()
+            elapsed = clock() - step_started  # not the timing's own all-reduce: a training step has no such wait
             # Every rank gets the slowest rank's time: they all decide alike when the median has settled.
-            (seconds,) = setup.all_reduce([clock() - step_started], op=dist.ReduceOp.MAX)
+            (seconds,) = setup.all_reduce([elapsed], op=dist.ReduceOp.MAX)
             if step == 0:
                 first = seconds
             if step >= request.warmup_steps:
@@ -284,13 +296,18 @@ def measure_profile(
     epoch_fixed = max(0.0, clock() - fixed_started - (statistics.median(fetches) if fetches else 0.0))
 
     evaluations = _profile_evaluation(request, setup, clock)
-    # Every rank ends with rank 0's figures, so the caller may read any of them.
     rank0 = setup.rank == 0
-    shared = setup.all_reduce([setup_seconds if rank0 else 0.0, epoch_fixed if rank0 else 0.0])
+    diagnostics = diagnostics_seconds(work, method, net, setup.steps_per_epoch, clock) if rank0 else 0.0
+    # Every rank ends with rank 0's figures, so the caller may read any of them.
+    shared = setup.all_reduce(
+        [setup_seconds if rank0 else 0.0, epoch_fixed if rank0 else 0.0, diagnostics, started_at if rank0 else 0.0]
+    )
     return Profile(
         world=setup.world,
         setup_seconds=shared[0],
         epoch_fixed_seconds=shared[1],
+        diagnostics_seconds=shared[2],
+        started_at=shared[3],
         phases=phases,
         evaluations=evaluations,
         steps_per_epoch=setup.steps_per_epoch,

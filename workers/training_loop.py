@@ -31,6 +31,7 @@ from workers.optim import LRSchedule, build_optimizer
 from workers.profiling import measure_profile, untouched
 from workers.rundir.attempts import AttemptLog, next_attempt
 from workers.rundir.forecast import save_forecast
+from workers.rundir.holds import current_hold_start
 from workers.rundir.pricing import Usage
 from workers.rundir.stages import record_finished_stage
 from workers.rundir.tables import RunStore
@@ -162,9 +163,15 @@ def train_loop_per_worker(config: dict) -> None:
         setup.synchronize()
         measured_from = clock()
         with untouched(setup):
-            profile = measure_profile(setup, job.forecast.request, measured_from - started, clock)
+            profile = measure_profile(setup, job.forecast.request, measured_from - started, clock, started_at)
         if rank == 0:
-            forecast = forecast_from_profile(job.forecast.basis, profile, clock() - measured_from, measured_in_run=True)
+            forecast = forecast_from_profile(
+                job.forecast.basis,
+                profile,
+                clock() - measured_from,
+                measured_in_run=True,
+                held_since=current_hold_start(run_dir),
+            )
             save_forecast(run_dir, forecast)
         if resume_epoch < method.epochs and guard.before_training(resume_epoch, charged_from=started):
             if attempt_log is not None:

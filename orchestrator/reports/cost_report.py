@@ -37,7 +37,7 @@ COLUMNS = [
     Column("total_dollars", "total $", ".4f"),
     Column("forecast_device_hours", "forecast dev-h", ".4f"),  # measured at launch (forecast.json)
     Column("forecast_dollars", "forecast $", ".4f"),
-    Column("forecast_error_pct", "actual vs forecast %", "+.1f"),  # device-hours, once the run has succeeded
+    Column("forecast_error_pct", "actual vs forecast %", "+.1f"),  # held device-hours, once the run has succeeded
     Column("subnets", "subnets"),
     Column("smallest_top1", "smallest top-1", ".2f"),
     Column("smallest_mmacs", "smallest MMACs", ".2f"),
@@ -97,7 +97,9 @@ def run_costs(run_dir: Path) -> dict:
                 "total_dollars": held.held.dollars,
             }
         )
-    row.update(forecast_columns(run_dir, row["train_device_hours"] + row["eval_device_hours"]))
+    # The forecast is of the held time (work and overhead alike); a run from before holds, of its ledger's.
+    actual = held.held.device_hours if held is not None else row["train_device_hours"] + row["eval_device_hours"]
+    row.update(forecast_columns(run_dir, actual))
     if len(subnets):
         rows = sorted(subnets.select(["macs", "top1"]).to_pylist(), key=lambda r: r["macs"])
         row.update(

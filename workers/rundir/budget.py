@@ -91,5 +91,7 @@ def check_evaluation(budget: BudgetSpec, run_dir: Path | RunDir, subnets_left: i
     if not budget.limited or forecast is None or subnets_left == 0 or forecast.eval_subnets == 0:
         return None
     seconds = forecast.eval_seconds * subnets_left / forecast.eval_subnets
-    coming = Usage.of(seconds, forecast.eval_devices, forecast.eval_price_per_device_hour)
+    coming = Usage.of(seconds, forecast.eval_devices, forecast.eval_price_per_device_hour) + Usage.of(
+        forecast.eval_setup_seconds, max(forecast.devices, forecast.eval_devices), forecast.eval_price_per_device_hour
+    )  # and the evaluation workers' start, while every held device waits
     return budget_verdict(budget, ledger_spend(*ledger_rows(run_dir)), coming, f"evaluating {subnets_left} subnets")

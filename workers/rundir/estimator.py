@@ -115,6 +115,11 @@ def outlook(
     if next_epoch is not None:
         setups = 0 if running else 1
     train_seconds = None if seconds is None else seconds + setups * estimator.setup_seconds
+    if train_seconds is not None and forecast is not None and next_epoch is not None:
+        # A run not running starts its cluster again; the diagnostics still to take, in proportion.
+        train_seconds += (0.0 if running else forecast.startup_seconds) + forecast.diagnostics_seconds * (
+            (total_epochs - len(done)) / max(1, total_epochs)
+        )
     remaining = estimator.cost(train_seconds or 0.0)
     eval_wall = 0.0
     if forecast is not None and forecast.eval_subnets:
@@ -122,6 +127,11 @@ def outlook(
         per_subnet = forecast.eval_seconds / forecast.eval_subnets
         remaining = remaining + Usage.of(left * per_subnet, forecast.eval_devices, forecast.eval_price_per_device_hour)
         eval_wall = left * per_subnet / max(1, min(forecast.eval_workers, left or 1))
+        if left:  # the evaluation workers start, while the run holds all its devices
+            setup = forecast.eval_setup_seconds
+            held = max(forecast.devices, forecast.eval_devices)
+            remaining = remaining + Usage.of(setup, held, forecast.eval_price_per_device_hour)
+            eval_wall += setup
     return Outlook(
         spent=ledger_spend(epoch_rows, subnet_rows, lost_rows),
         epochs_done=len(done),

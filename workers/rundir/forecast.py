@@ -49,6 +49,10 @@ class Forecast:
     eval_price_per_device_hour: float
     profile: dict = field(default_factory=dict)
     measured_in_run: bool = False  # measured inside the run's first training job: its time is part of that job
+    # Held time besides the work's own, every second of it at every held device:
+    startup_seconds: float = 0.0  # the devices held until the training workers begin their set-up
+    diagnostics_seconds: float = 0.0  # the run's diagnostics in all
+    eval_setup_seconds: float = 0.0  # the evaluation workers' start
 
     @property
     def epochs(self) -> int:
@@ -58,7 +62,11 @@ class Forecast:
     def training_seconds(self) -> float:
         measuring = self.measure_seconds if self.measured_in_run else 0.0
         return (
-            self.training_jobs * self.setup_seconds + measuring + sum(p.epochs * p.epoch_seconds for p in self.phases)
+            self.startup_seconds
+            + self.training_jobs * self.setup_seconds
+            + measuring
+            + sum(p.epochs * p.epoch_seconds for p in self.phases)
+            + self.diagnostics_seconds
         )
 
     @property
@@ -67,7 +75,8 @@ class Forecast:
 
     @property
     def evaluation(self) -> Usage:
-        return Usage.of(self.eval_seconds, self.eval_devices, self.eval_price_per_device_hour)
+        setup = Usage.of(self.eval_setup_seconds, max(self.devices, self.eval_devices), self.eval_price_per_device_hour)
+        return setup + Usage.of(self.eval_seconds, self.eval_devices, self.eval_price_per_device_hour)
 
     @property
     def total(self) -> Usage:
@@ -99,7 +108,7 @@ class Forecast:
 
     @property
     def eval_wall_seconds(self) -> float:
-        return self.eval_seconds / max(1, min(self.eval_workers, self.eval_subnets))
+        return self.eval_setup_seconds + self.eval_seconds / max(1, min(self.eval_workers, self.eval_subnets))
 
     @property
     def wall_seconds(self) -> float:
@@ -138,6 +147,11 @@ class Forecast:
                 for p in self.phases
             ],
             "setup_seconds": round(self.setup_seconds, 2),
+            "overhead_seconds": {
+                "startup": round(self.startup_seconds, 1),
+                "diagnostics": round(self.diagnostics_seconds, 1),
+                "evaluation_setup": round(self.eval_setup_seconds, 1),
+            },
             "training": {
                 "device_hours": round(self.training_device_hours, 6),
                 "dollars": round(self.training_dollars, 6),

@@ -124,3 +124,11 @@ def held_time(run_dir: Path | RunDir) -> HeldTime | None:
     for row in store.epochs().select(["wall_seconds", "devices", "price_per_device_hour"]).to_pylist():
         useful = useful + Usage.of(row["wall_seconds"], row["devices"], row["price_per_device_hour"])
     return HeldTime(held=Usage.total(holds), useful=useful, lost=Usage.total(store.lost().to_pylist()))
+
+
+def current_hold_start(run_dir: Path | RunDir) -> float | None:
+    """When the run's latest hold began (a Unix time), or None if it has none."""
+    holds = RunStore(run_dir).holds().select(["hold", "started_at"]).to_pylist()
+    if not holds:
+        return None
+    return max(holds, key=lambda row: row["hold"])["started_at"].timestamp()
