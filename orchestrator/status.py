@@ -273,21 +273,28 @@ def show_log(run_dir: Path, follow: bool = False, lines: int | None = None, poll
         offset = len(text.encode())
     record = read_state(files)
     failed = record is not None and record.state is RunState.FAILED and files.controller_log.exists()
+
+    def print_new() -> bool:
+        nonlocal offset
+        if not path.exists() or path.stat().st_size <= offset:
+            return False
+        with open(path, "rb") as log:
+            log.seek(offset)
+            chunk = log.read()
+        offset += len(chunk)
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+        return True
+
     try:
         while follow:
-            if path.exists() and path.stat().st_size > offset:
-                with open(path, "rb") as log:
-                    log.seek(offset)
-                    chunk = log.read()
-                offset += len(chunk)
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
+            if print_new():
                 continue
             record = read_state(files)
-            if record is not None and record.state.is_terminal:
+            ended = record is not None and (record.state.is_terminal or record.controller_alive() is False)
+            if ended:
+                print_new()  # a state's log line is written before the state: what came since the last look
                 failed = record.state is RunState.FAILED and files.controller_log.exists()
-                break
-            if record is not None and record.controller_alive() is False:
                 break
             time.sleep(poll_seconds)
     except KeyboardInterrupt:

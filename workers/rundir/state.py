@@ -89,11 +89,11 @@ def _now() -> datetime:
 
 
 def _write(files: RunDir, record: StateRecord, previous: StateRecord | None) -> None:
+    # The log line first: whoever reads the new state (`logs --follow`) finds its line already there.
+    if previous is None or (previous.state, previous.reason) != (record.state, record.reason):
+        reason = f": {record.reason}" if record.reason else ""
+        files.append_log(f"state {record.state.value}{reason}", datetime.fromisoformat(record.updated_at))
     files.write_json(files.state, record.to_dict())
-    if previous is not None and (previous.state, previous.reason) == (record.state, record.reason):
-        return
-    reason = f": {record.reason}" if record.reason else ""
-    files.append_log(f"state {record.state.value}{reason}", datetime.fromisoformat(record.updated_at))
 
 
 def begin_submission(run_dir: Path | RunDir) -> StateRecord:
