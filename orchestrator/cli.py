@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.export import FORMATS as EXPORT_FORMATS
 from orchestrator.ray_env import prepare_ray_environment
 from orchestrator.reports.table import FORMATS, render
 
@@ -85,6 +86,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the run to stop (default: 120)")
 
+    export = commands.add_parser(
+        "export", help="write an evaluated subnet as a deployable file (TorchScript, ONNX, state dict) with a sidecar"
+    )
+    export.add_argument("run", help="run name (under --root) or run directory")
+    export.add_argument("subnet", nargs="?", metavar="SUBNET_ID", help="the subnet's id (or a unique prefix of it)")
+    export.add_argument(
+        "--best",
+        action="store_true",
+        help="the most accurate subnet under the run's evaluation.constraint and the limits below",
+    )
+    export.add_argument("--max-macs", type=float, metavar="N", help="with --best: at most N MACs per image")
+    export.add_argument("--max-latency-ms", type=float, metavar="T", help="with --best: at most T ms at batch 1")
+    export.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="torchscript")
+    export.add_argument("-o", "--output", type=Path, help="the file (default: <run_dir>/exports/<subnet_id>.<ext>)")
+    export.add_argument("--root", type=Path, default=Path("runs"), help="storage root (default: ./runs)")
+
     dashboard = commands.add_parser("dashboard", help="where a run's Ray dashboard is and how to sign in")
     dashboard.add_argument("run", nargs="?", help="run name or directory (default: the latest running run)")
     dashboard.add_argument("--root", type=Path, default=Path("runs"), help="storage root (default: ./runs)")
@@ -155,6 +172,22 @@ def _cancel(args: argparse.Namespace) -> int:
     return backend.cancel(files, args.after_epoch, args.wait, print)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from orchestrator.export import ExportRequest, export_subnet
+
+    request = ExportRequest(
+        args.run, args.root, args.subnet, args.best, args.max_macs, args.max_latency_ms, args.format, args.output
+    )
+    done = export_subnet(request)
+    row = done.row
+    latency = f", {row['latency_ms']:.3g} ms on {row['latency_device']}" if row["latency_ms"] is not None else ""
+    print(
+        f"{done.path}: subnet {row['subnet_id']} of {request.run}, top-1 {row['top1']:.2f}%, "
+        f"{done.macs / 1e6:.3g} MMACs, {done.params / 1e6:.3g} M params{latency} (sidecar {done.sidecar.name})"
+    )
+    return 0
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     from orchestrator.dashboard import dashboard_text
 
@@ -178,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "logs": _logs,
         "cancel": _cancel,
         "dashboard": _dashboard,
+        "export": _export,
     }
     try:
         return handlers[args.command](args)

@@ -21,6 +21,7 @@ from orchestrator.plan import Plan
 from orchestrator.profile_job import forecast_job
 from orchestrator.run_monitor import RunMonitor, logged
 from orchestrator.training_job import run_training
+from workers.constraint import best_subnet
 from workers.data.datasets import index_of
 from workers.data.image_index import keep_index
 from workers.forecast_model import ForecastJob
@@ -47,6 +48,7 @@ def record_plan(plan: Plan, described: dict | None = None) -> None:
     """plan.json: the plan's description (with its backend's part, where the caller has it)."""
     files = plan.files.create()
     files.write_json(files.plan, described if described is not None else plan.describe())
+    files.write_json(files.worker_spec, plan.work.model_dump(mode="json"))
     index = index_of(plan.work.dataset)  # the run's own file if it has one, else the planner's scan
     if index is not None:
         keep_index(index, files.image_index)
@@ -86,6 +88,22 @@ def check_before_training(plan: Plan) -> None:
     verdict = check_epoch(plan.spec.budget, plan.files, epoch, phase, new_job=True)
     if verdict is not None:
         raise RunStopped(StopRecord(RunState.BUDGET_EXHAUSTED, verdict, _last_epoch(plan)))
+
+
+def describe_best(plan: Plan) -> str:
+    """The most accurate subnet evaluated on the final checkpoint, under the constraint if there is one."""
+    rows = RunStore(plan.files).subnets().to_pylist()
+    last = max((r["checkpoint_epoch"] for r in rows), default=None)
+    constraint = plan.spec.evaluation.constraint
+    best = best_subnet([r for r in rows if r["checkpoint_epoch"] == last], constraint)
+    under = f" under {constraint.describe()}" if constraint.limited else ""
+    if best is None:
+        return f"no evaluated subnet{under}"
+    latency = f", {best['latency_ms']:.3g} ms" if best["latency_ms"] is not None else ""
+    return (
+        f"best subnet{under}: {best['subnet_id']}, top-1 {best['top1']:.2f}% at {best['macs'] / 1e6:.3g} MMACs"
+        f"{latency} (deps-orch export {plan.spec.run} --best)"
+    )
 
 
 def check_before_evaluation(plan: Plan) -> None:
@@ -149,7 +167,8 @@ def execute(
             check_before_evaluation(plan)
             enter(RunState.EVALUATING)
             echo(f"[{plan.spec.run}] evaluating {len(plan.subnets)} subnets, {plan.spec.evaluation.workers} workers")
-            written = run_evaluation(plan, checkpoint)
+            written = run_evaluation(plan, checkpoint, echo=echo)
+            echo(f"[{plan.spec.run}] {describe_best(plan)}")
     except RunStopped as stopped:
         record = stopped.record
         write_state(files, record.state, record.reason)

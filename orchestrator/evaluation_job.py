@@ -8,6 +8,10 @@ predictions summed. Rows are upserted by (run, subnet_id) as they arrive, so a
 re-run or a retried chunk never adds a second row. Subnets already evaluated on
 the same checkpoint epoch are skipped.
 
+Before a batch is calibrated, the actors time every subnet of it (one actor per
+subnet, nothing else running): a subnet over `evaluation.constraint.max_latency_ms`
+is not evaluated. The MAC limit was applied when the subnets were picked.
+
 Static strategies (spread, random, buckets, populations) are one batch of work.
 The evolutionary search drives the same pool round by round: each round's
 children come from `workers/search.py` and the rows of the rounds before it, so
@@ -27,10 +31,11 @@ import torch
 
 from orchestrator.plan import Plan
 from workers.evaluation import BatchNormStats, Counts, Shard, SubnetEvaluator, merge_bn_stats, subnet_row
+from workers.latency import Latency, LatencyTable, PredictionError
 from workers.rundir.pricing import Usage
 from workers.rundir.tables import RunStore
 from workers.search import EvolutionarySearch, Scored
-from workers.selection import EvolutionSelection
+from workers.selection import EvolutionSelection, within_macs
 from workers.supernet.space import SubnetConfig
 
 SUBNETS_PER_ROUND = 4  # per round trip: each subnet's BN statistics (~100 KB per shard) pass through the driver
@@ -38,7 +43,7 @@ SUBNETS_PER_ROUND = 4  # per round trip: each subnet's BN statistics (~100 KB pe
 
 def evaluated_rows(plan: Plan, checkpoint_epoch: int) -> dict[str, dict]:
     """The run's subnet rows measured on this checkpoint, by subnet id."""
-    columns = ["subnet_id", "config", "macs", "top1", "checkpoint_epoch", "search_round"]
+    columns = ["subnet_id", "config", "macs", "top1", "checkpoint_epoch", "search_round", "latency_ms"]
     rows = RunStore(plan.run_dir).subnets().select(columns).to_pylist()
     return {r["subnet_id"]: r for r in rows if r["checkpoint_epoch"] == checkpoint_epoch}
 
@@ -66,8 +71,14 @@ class _ShardActor:
             self.evaluator = SubnetEvaluator(self.spec, state_dict, self.num_classes, self.threads, self.shard)
         return self.evaluator
 
+    def latency(self, refs: list, configs: list[dict]) -> list[Latency]:
+        return self._ready(refs).latency(configs)
+
     def calibrate(self, refs: list, configs: list[dict]) -> list[tuple[BatchNormStats, float]]:
         return self._ready(refs).calibrate(configs)
+
+    def latency_table(self, refs: list) -> tuple[LatencyTable, PredictionError]:
+        return self._ready(refs).latency_table()
 
     def count(self, refs: list, configs: list[dict], stats: list[BatchNormStats]) -> list[tuple[Counts, float]]:
         return self._ready(refs).count(configs, stats)
@@ -80,12 +91,20 @@ class EvaluatorPool:
     writes its rows.
     """
 
-    def __init__(self, plan: Plan, checkpoint: dict, epoch: int, on_rows: Callable[[int], None] | None = None) -> None:
-        self.plan, self.checkpoint, self.epoch, self.on_rows = plan, checkpoint, epoch, on_rows
+    def __init__(
+        self,
+        plan: Plan,
+        checkpoint: dict,
+        epoch: int,
+        on_rows: Callable[[int], None] | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan, self.checkpoint, self.epoch, self.on_rows, self.echo = plan, checkpoint, epoch, on_rows, echo
         self.store = RunStore(plan.run_dir)
         self.actors: list = []
         self.refs: list = []
         self.written = 0
+        self.over_latency: set[str] = set()  # subnets timed over the constraint's limit, never evaluated
 
     def _start(self) -> None:
         work, ev = self.plan.work, self.plan.work.evaluation
@@ -104,12 +123,24 @@ class EvaluatorPool:
 
     def evaluate(self, configs: Sequence[SubnetConfig], search_round: int | None = None) -> list[dict]:
         """Evaluate `configs` (already filtered to what is missing); returns their rows as written."""
+        ev = self.plan.spec.evaluation
+        configs = [c for c in configs if c.subnet_id not in self.over_latency]
         if not configs:
             return []
         if not self.actors:
             self._start()
-        size = self.plan.spec.evaluation.subnets_per_task or SUBNETS_PER_ROUND
+            if ev.latency.lookup_table and not self.plan.files.latency_table.exists():
+                self._measure_latency_table()
+        size = ev.subnets_per_task or SUBNETS_PER_ROUND
         data = [c.to_dict() for c in configs]
+        latencies: dict[str, Latency] = {}
+        if ev.latency.enabled:
+            latencies = self._latencies(data)
+            fast = [d for d in data if ev.constraint.admits_latency(latencies[_id(d)].ms)]
+            self.over_latency.update(_id(d) for d in data if d not in fast)
+            data = fast
+            if not data:
+                return []
         chunks = [data[i : i + size] for i in range(0, len(data), size)]
         written: list[dict] = []
         calibrating = self._calibrate(chunks[0])
@@ -127,7 +158,13 @@ class EvaluatorPool:
                 seconds = sum(shard[i][1] for shard in shards) + sum(shard[i][1] for shard in counted)
                 config = SubnetConfig.from_dict(item)
                 row = subnet_row(
-                    self.plan.search_space, config, self.plan.dataset.num_classes, counts, merged[i].images, seconds
+                    self.plan.search_space,
+                    config,
+                    self.plan.dataset.num_classes,
+                    counts,
+                    merged[i].images,
+                    seconds,
+                    latencies.get(config.subnet_id),
                 )
                 rows.append(self._priced(row, search_round))
             self.store.record_subnets(rows)
@@ -136,6 +173,35 @@ class EvaluatorPool:
             if self.on_rows is not None:
                 self.on_rows(self.written)
         return written
+
+    def _latencies(self, data: list[dict]) -> dict[str, Latency]:
+        """Every subnet timed by one actor, the actors side by side, by subnet id."""
+        n = len(self.actors)
+        parts = ray.get([a.latency.remote(self.refs, data[k::n]) for k, a in enumerate(self.actors)])
+        return {_id(d): parts[i % n][i // n] for i, d in enumerate(data)}
+
+    def _measure_latency_table(self) -> None:
+        """The per-block latency table, measured once per run by the first actor, kept beside the results."""
+        table, error = ray.get(self.actors[0].latency_table.remote(self.refs))
+        files = self.plan.files
+        files.write_json(
+            files.latency_table,
+            {
+                **table.to_dict(),
+                "prediction_error": {
+                    "subnets": error.subnets,
+                    "mean_abs_pct": error.mean_abs_pct,
+                    "max_abs_pct": error.max_abs_pct,
+                    "pairs": [{"subnet_id": i, "predicted_ms": p, "measured_ms": m} for i, p, m in error.pairs],
+                },
+            },
+        )
+        if self.echo is not None:
+            self.echo(
+                f"[{self.plan.spec.run}] latency table of {len(table.entries)} block choices on {table.device}: "
+                f"predicts {error.subnets} random subnets within {error.mean_abs_pct:.1f} % on average "
+                f"(at most {error.max_abs_pct:.1f} %)"
+            )
 
     def _calibrate(self, chunk: list[dict]) -> list:
         return [a.calibrate.remote(self.refs, chunk) for a in self.actors]
@@ -165,6 +231,10 @@ class EvaluatorPool:
         self.actors, self.refs = [], []
 
 
+def _id(data: dict) -> str:
+    return SubnetConfig.from_dict(data).subnet_id
+
+
 def _round_of(row: dict) -> int:
     """Rows another strategy wrote on this checkpoint count as known from the start."""
     return row["search_round"] if row["search_round"] is not None else 0
@@ -176,20 +246,29 @@ def run_search(plan: Plan, pool: EvaluatorPool, epoch: int, strategy: EvolutionS
     pool.evaluate([c for c in plan.subnets if c.subnet_id not in done], search_round=0)
     # The space the trained supernet serves (for CompOFA the coupled one), as the plan picked the first subnets.
     search = EvolutionarySearch(plan.search_space, strategy, plan.spec.seed)
+    constraint = plan.spec.evaluation.constraint
+    admits = within_macs(plan.search_space, plan.dataset.num_classes, constraint)
     for round_index in range(1, strategy.rounds + 1):
         done = evaluated_rows(plan, epoch)
         before = [r for r in done.values() if _round_of(r) < round_index]
-        scored = [Scored(SubnetConfig.from_json(r["config"]), r["macs"], r["top1"]) for r in before]
-        children = search.offspring(round_index, scored, known=[r["subnet_id"] for r in before])
+        # Parents only from within the constraint (rows another strategy wrote may be outside it).
+        parents = [r for r in before if constraint.admits(r)]
+        scored = [Scored(SubnetConfig.from_json(r["config"]), r["macs"], r["top1"]) for r in parents]
+        children = search.offspring(round_index, scored, [r["subnet_id"] for r in before], admits)
         pool.evaluate([c for c in children if c.subnet_id not in done], search_round=round_index)
 
 
-def run_evaluation(plan: Plan, checkpoint_file: Path, on_rows: Callable[[int], None] | None = None) -> int:
+def run_evaluation(
+    plan: Plan,
+    checkpoint_file: Path,
+    on_rows: Callable[[int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> int:
     """Evaluate the plan's subnets on the checkpoint; rows are written as they arrive. Returns rows written."""
     state = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     epoch = int(state["epoch"])
     strategy = plan.spec.evaluation.selection
-    pool = EvaluatorPool(plan, state, epoch, on_rows)
+    pool = EvaluatorPool(plan, state, epoch, on_rows, echo)
     try:
         if isinstance(strategy, EvolutionSelection):
             run_search(plan, pool, epoch, strategy)

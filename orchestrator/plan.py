@@ -247,7 +247,12 @@ def make_plan(spec: JobSpec) -> Plan:
     try:  # both name the field at fault
         check_epochs(spec.evaluation.diagnostics, method)
         selection = select_subnets(
-            space, info.num_classes, spec.evaluation.selection, spec.evaluation.subnets, spec.seed
+            space,
+            info.num_classes,
+            spec.evaluation.selection,
+            spec.evaluation.subnets,
+            spec.seed,
+            spec.evaluation.constraint,
         )
     except ValueError as error:
         raise UserError(str(error)) from None

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from orchestrator.backends.local import METRICS_PORT_ENV
@@ -33,9 +34,12 @@ from orchestrator.cost.catalog import lookup_price
 from orchestrator.dashboard import TRAIN_RUNS_API, dashboard_get
 from tests.conftest import REPO, deps_orch
 from tests.held_time import assert_held_time_adds_up
+from workers.data import datasets
+from workers.evaluation import SubnetEvaluator
+from workers.job import WorkerSpec
 from workers.rundir.forecast import load_forecast
 from workers.rundir.schemas import EPOCH_SCHEMA, SUBNET_SCHEMA
-from workers.supernet.space import mobilenetv3_space
+from workers.supernet.space import SubnetConfig, mobilenetv3_space
 
 pytestmark = pytest.mark.ray
 
@@ -312,6 +316,10 @@ def test_the_subnets_are_calibrated_evaluated_and_priced(watched):
     assert subnets.macs.min() < subnets.macs.max() and (subnets.top5 >= subnets.top1).all()
     assert (subnets.calibration_images == 128).all() and (subnets.test_images == 360).all()
     assert (subnets.checkpoint_epoch == 3).all()
+    # Every evaluated subnet was timed as a deployment runs it, at batch 1 and the spec's batch, on its worker.
+    assert (subnets.latency_ms > 0).all() and (subnets.batch_latency_ms > 0).all()
+    assert (subnets.latency_batch_size == 16).all() and (subnets.latency_threads == 1).all()
+    assert subnets.latency_device.str.len().gt(0).all()
     largest = subnets.loc[subnets.macs.idxmax()]
     assert largest.top1 > 50.0  # 10 classes: chance is 10 %
     price = lookup_price("cpu", "on_demand").per_device_hour
@@ -354,7 +362,9 @@ def test_the_diagnostics_and_the_comparison_with_every_plot(watched):
         "cost.png",
         "gradients.png",
         "pareto.png",
+        "pareto_latency.png",
     ]
+    assert "### Best subnet per latency bucket (top-1 % @ ms at batch 1" in report.stdout
 
 
 def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(watched):
@@ -367,6 +377,75 @@ def test_the_console_shows_our_lines_and_run_log_keeps_the_libraries(watched):
     log = (watched.run_dir / "run.log").read_text()
     assert "[library]" in log
     assert "PreemptionWatcher" not in log  # nothing drains this machine's nodes: a local run starts no watcher
+
+
+def _reference(run_dir: Path, config: SubnetConfig, images: torch.Tensor) -> torch.Tensor:
+    """The supernet's output with `config` active, BN calibrated as evaluation does."""
+    work = WorkerSpec.model_validate(json.loads((run_dir / "worker_spec.json").read_text()))
+    stages = json.loads((run_dir / "stages.json").read_text())
+    state = torch.load(max(stages.values(), key=lambda s: s["first_epoch"])["checkpoint"], weights_only=True)
+    evaluator = SubnetEvaluator(work, state["model"], 10, 1, test_limit=0)
+    evaluator.calibrate([config.to_dict()])
+    evaluator.net.eval()
+    with torch.no_grad():
+        return evaluator.net(images.contiguous(memory_format=torch.channels_last))
+
+
+def test_the_best_subnet_under_a_mac_limit_exports_as_torchscript_and_onnx(watched, tmp_path):
+    import onnxruntime
+
+    subnets = pq.read_table(watched.run_dir / "subnets.parquet").to_pandas()
+    limit = float(subnets.macs.median())
+    admitted = subnets[subnets.macs <= limit].sort_values(["top1", "macs"], ascending=[False, True])
+    best = admitted.iloc[0]
+    assert best.macs < subnets.macs.max()  # the limit excludes the most accurate-by-size subnet at least
+    config = SubnetConfig.from_json(best.config)
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = _reference(watched.run_dir, config, images)
+    dataset = WorkerSpec.model_validate(json.loads((watched.run_dir / "worker_spec.json").read_text())).dataset
+    test_images, labels = datasets.to_tensors(datasets.test_dataset(dataset), 256, 0)
+    model_input = datasets.normalization(dataset).to_model_input
+    test_input = model_input(test_images, torch.device("cpu"), config.resolution).contiguous()
+
+    for fmt in ("torchscript", "onnx"):
+        out = tmp_path / f"best.{fmt}"
+        done = deps_orch(
+            "export", RUN, "--best", "--max-macs", str(limit), "--format", fmt, "-o", str(out),
+            "--root", str(watched.root),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.startswith(f"{out}: subnet {best.subnet_id} of {RUN}")
+        sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+        assert sidecar["subnet_id"] == best.subnet_id and sidecar["format"] == fmt and sidecar["run"] == RUN
+        assert (sidecar["macs"], sidecar["params"]) == (best.macs, best.params)
+        assert sidecar["top1"] == best.top1 and sidecar["checkpoint_epoch"] == 3
+        assert sidecar["latency_ms"] == best.latency_ms and sidecar["input"]["shape"] == [1, 3, 16, 16]
+        assert SubnetConfig.from_dict(sidecar["config"]) == config
+        if fmt == "torchscript":
+            module = torch.jit.load(str(out))
+            assert sum(p.numel() for p in module.parameters()) == best.params
+            with torch.no_grad():
+                got = module(images)
+                predicted = module(test_input).argmax(1)
+        else:
+            session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"image": images.numpy()})[0])
+            predicted = torch.from_numpy(session.run(None, {"image": test_input.numpy()})[0]).argmax(1)
+        assert (got - expected).abs().max() <= 1e-5
+        # Calibrated as evaluation did: the file's own top-1 on the test split is the table's.
+        assert 100.0 * float((predicted == labels).float().mean()) == pytest.approx(best.top1, abs=100 / len(labels))
+
+    default = deps_orch("export", RUN, best.subnet_id[:10], "--format", "state_dict", "--root", str(watched.root))
+    assert default.returncode == 0, default.stderr
+    assert (watched.run_dir / "exports" / f"{best.subnet_id}.pth").exists()
+    for args, message in [
+        (("--best", "--max-macs", "1"), "no evaluated subnet meets MACs <= 1e-06M"),
+        (("nosuchid",), "no evaluated subnets have that id"),
+        ((), "name a SUBNET_ID or ask for --best"),
+        ((best.subnet_id, "--max-macs", "1"), "--max-macs and --max-latency-ms go with --best"),
+    ]:
+        refused = deps_orch("export", RUN, *args, "--root", str(watched.root))
+        assert refused.returncode == 2 and message in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
 
 
 def test_submitting_the_finished_run_again_trains_and_evaluates_nothing_more(watched):

@@ -7,6 +7,7 @@ breeding the same children.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 
@@ -21,6 +22,7 @@ from orchestrator.plan import make_plan
 from orchestrator.reports.pareto import Point, pareto_front
 from orchestrator.spec_file import load_spec
 from tests.conftest import one_thread_float32
+from workers.constraint import SubnetConstraint
 from workers.data.datasets import normalization, train_dataset
 from workers.rundir.parquet_table import write_atomic
 from workers.rundir.tables import RunStore
@@ -194,3 +196,53 @@ def test_evolution_improves_the_frontier_over_its_random_start_and_resumes_where
     assert sorted(resumed.subnet_id) == sorted(rows.subnet_id)
     assert run_evaluation(plan, checkpoint) == 0
     assert pq.read_metadata(store.files.subnets).num_rows == len(rows)
+
+
+def test_a_constrained_search_evaluates_and_breeds_only_within_the_limit_and_improves_under_it(
+    checkpoint, tmp_path, cluster
+):
+    base = make_plan(_spec(tmp_path, "probe", "spread"))
+    lo, hi = base.mac_range
+    limit = lo + (hi - lo) * 0.6
+    # Without the smallest subnet in the start (on this briefly trained supernet it is among the most accurate).
+    selection = {"name": "evolution", "initial": 8, "rounds": 3, "mutations": 8, "crossovers": 8, "parents": 6}
+    selection["include_extremes"] = False
+    spec = _spec(tmp_path, "evo-limited", selection)
+    spec = spec.model_copy(
+        update={"evaluation": spec.evaluation.model_copy(update={"constraint": SubnetConstraint(max_macs=limit)})}
+    )
+    plan = make_plan(spec)
+    written = run_evaluation(plan, checkpoint)
+    rows = _rows(plan)
+    assert written == len(rows) and rows.subnet_id.is_unique and (rows.macs <= limit).all()
+    assert rows.search_round.value_counts().sort_index().to_dict() == {0: 8, 1: 16, 2: 16, 3: 16}
+    # Every evaluated subnet was timed on the worker's device.
+    assert rows.latency_ms.notna().all() and (rows.latency_ms > 0).all() and (rows.batch_latency_ms > 0).all()
+    assert (rows.latency_batch_size == 16).all() and rows.latency_device.str.len().gt(0).all()
+    assert (rows.latency_threads == 1).all()
+
+    start = [Point(r.macs, r.top1) for r in rows[rows.search_round == 0].itertuples()]
+    every = [Point(r.macs, r.top1) for r in rows.itertuples()]
+    assert _budget_curve_area(every, lo, limit) > _budget_curve_area(start, lo, limit)
+
+
+def test_a_subnet_over_the_latency_limit_is_timed_but_never_evaluated(checkpoint, tmp_path, cluster):
+    def plan_with(limit_ms: float, run: str, lookup_table: bool = False):
+        spec = _spec(tmp_path, run, {"name": "random", "subnets": 4})
+        ev = spec.evaluation
+        update = {
+            "constraint": SubnetConstraint(max_latency_ms=limit_ms),
+            "latency": ev.latency.model_copy(update={"lookup_table": lookup_table, "repeats": 5}),
+        }
+        return make_plan(spec.model_copy(update={"evaluation": ev.model_copy(update=update)}))
+
+    none_fast_enough = plan_with(1e-9, "too-slow")
+    assert run_evaluation(none_fast_enough, checkpoint) == 0 and len(_rows(none_fast_enough)) == 0
+    assert not none_fast_enough.files.latency_table.exists()
+    generous = plan_with(1e6, "fast-enough", lookup_table=True)
+    said = []
+    assert run_evaluation(generous, checkpoint, echo=said.append) == 6 and _rows(generous).latency_ms.lt(1e6).all()
+    # The lookup table, measured once by the first worker and checked on 20 random subnets.
+    table = json.loads(generous.files.latency_table.read_text())
+    assert len(table["entries"]) == 20 * 9 + 1 and table["prediction_error"]["subnets"] == 20
+    assert len(said) == 1 and "latency table of 181 block choices" in said[0]

@@ -30,6 +30,7 @@ from torch.utils.data import Subset
 from workers.calibration import calibrate_bn
 from workers.data.datasets import calibration_dataset, normalization, test_dataset, to_tensors
 from workers.job import WorkerSpec
+from workers.latency import Latency, LatencyTable, PredictionError, measure_latency, prediction_error
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SearchSpace, SubnetConfig
 from workers.supernet.space_spec import build_space
@@ -125,11 +126,18 @@ def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
 
 
 def subnet_row(
-    space: SearchSpace, config: SubnetConfig, num_classes: int, counts: Counts, calibration_images: int, seconds: float
+    space: SearchSpace,
+    config: SubnetConfig,
+    num_classes: int,
+    counts: Counts,
+    calibration_images: int,
+    seconds: float,
+    latency: Latency | None = None,
 ) -> dict:
-    """A subnet's row of the subnet table (without the run's columns)."""
+    """A subnet's row of the subnet table (without the run's columns); `seconds` with the latency's own."""
     top1, top5 = counts.percent(num_classes)
     profile = profile_subnet(space, config, num_classes)
+    timed = latency.columns() if latency is not None else dict.fromkeys(LATENCY_COLUMNS)
     return {
         "subnet_id": config.subnet_id,
         "config": config.to_json(),
@@ -140,8 +148,12 @@ def subnet_row(
         "top5": top5,
         "calibration_images": calibration_images,
         "test_images": counts.images,
-        "eval_seconds": seconds,
+        "eval_seconds": seconds + (latency.seconds if latency is not None else 0.0),
+        **timed,
     }
+
+
+LATENCY_COLUMNS = ("latency_ms", "latency_batch_size", "batch_latency_ms", "latency_device", "latency_threads")
 
 
 class SubnetEvaluator:
@@ -197,6 +209,25 @@ class SubnetEvaluator:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def latency(self, configs: list[dict]) -> list[Latency]:
+        """Each subnet's latency, extracted as a deployment would run it, on this worker's device."""
+        out = []
+        for data in configs:
+            config = SubnetConfig.from_dict(data)
+            self.net.set_active_subnet(config)
+            subnet = self.net.get_active_subnet()
+            out.append(measure_latency(subnet, config.resolution, self.device, self.spec.evaluation.latency))
+        return out
+
+    def latency_table(self, subnets: int = 20) -> tuple[LatencyTable, PredictionError]:
+        """The supernet's per-block latency table on this worker's device, checked on `subnets` random subnets."""
+        timing = self.spec.evaluation.latency
+        table = LatencyTable.measure(self.net, self.space, self.device, timing.warmup, timing.repeats)
+        error = prediction_error(
+            table, self.net, self.space, self.device, subnets, self.spec.seed, timing.warmup, timing.repeats
+        )
+        return table, error
+
     def calibrate(self, configs: list[dict]) -> list[tuple[BatchNormStats, float]]:
         """Pass 1: each subnet's BN statistics on this shard's calibration batches, and the seconds it took."""
         out = []
@@ -225,10 +256,14 @@ class SubnetEvaluator:
         return out
 
     def evaluate(self, configs: list[dict]) -> list[dict]:
-        """Both passes on this evaluator alone (one shard holds everything): the subnets' rows."""
+        """Both passes on this evaluator alone (one shard holds everything), with latency: the subnets' rows."""
+        timed = self.spec.evaluation.latency.enabled
         rows = []
         for data, (stats, calibrating) in zip(configs, self.calibrate(configs)):
             ((counts, counting),) = self.count([data], [stats])
             config = SubnetConfig.from_dict(data)
-            rows.append(subnet_row(self.space, config, self.num_classes, counts, stats.images, calibrating + counting))
+            latency = self.latency([data])[0] if timed else None
+            rows.append(
+                subnet_row(self.space, config, self.num_classes, counts, stats.images, calibrating + counting, latency)
+            )
         return rows

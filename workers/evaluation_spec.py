@@ -3,8 +3,9 @@ workers, with the training diagnostics (`evaluation.diagnostics`) taken along th
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from workers.constraint import SubnetConstraint
 from workers.sections import Section
 from workers.selection import AnySelection, SpreadSelection
 
@@ -17,6 +18,18 @@ class DiagnosticsConfig(Section):
     )
     heatmap_images: int = Field(1000, gt=0, description="test images for the class-correlation heatmap")
     gradient_images: int = Field(64, gt=0, description="training images in the gradient diagnostic's minibatch")
+
+
+class LatencySpec(Section):
+    """`evaluation.latency`: how the evaluation workers time each subnet."""
+
+    enabled: bool = True
+    batch_size: int = Field(16, ge=1, description="the batch timed besides batch 1")
+    warmup: int = Field(5, ge=0, description="untimed calls first")
+    repeats: int = Field(20, ge=1, description="timed calls; their median is the latency")
+    lookup_table: bool = Field(
+        False, description="also time every block choice once (latency_table.json) and check it on 20 subnets"
+    )
 
 
 class EvaluationSpec(Section):
@@ -35,6 +48,14 @@ class EvaluationSpec(Section):
     )
     max_restarts: int = Field(2, ge=0, description="restarts of a dead actor; its unfinished task is retried")
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    latency: LatencySpec = LatencySpec()
+    constraint: SubnetConstraint = SubnetConstraint()
+
+    @model_validator(mode="after")
+    def _latency_measured_where_limited(self) -> EvaluationSpec:
+        if self.constraint.max_latency_ms is not None and not self.latency.enabled:
+            raise ValueError("constraint.max_latency_ms needs latency.enabled: the workers measure what it limits")
+        return self
 
     @property
     def threads(self) -> int:

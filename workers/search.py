@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from workers.selection import EvolutionSelection
@@ -130,8 +130,15 @@ class EvolutionarySearch:
         ]
         return self._decode(genes, either(a.resolution, b.resolution) if a.resolution != b.resolution else a.resolution)
 
-    def offspring(self, round_index: int, scored: Sequence[Scored], known: Iterable[str]) -> list[SubnetConfig]:
-        """Round `round_index` (from 1): new children of the best parents, none of them already in `known`."""
+    def offspring(
+        self,
+        round_index: int,
+        scored: Sequence[Scored],
+        known: Iterable[str],
+        admits: Callable[[SubnetConfig], bool] | None = None,
+    ) -> list[SubnetConfig]:
+        """Round `round_index` (from 1): new children of the best parents, none of them already in `known`,
+        each one `admits` (a constraint's MAC limit): a child outside it is bred again."""
         rng = random.Random(self.seed * 1_000_003 + round_index)
         parents = [s.config for s in self.parents(scored)]
         if not parents:
@@ -145,7 +152,7 @@ class EvolutionarySearch:
                 if made >= count:
                     return
                 child = make()
-                if child.subnet_id not in seen:
+                if child.subnet_id not in seen and (admits is None or admits(child)):
                     seen.add(child.subnet_id)
                     children.append(child)
                     made += 1

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from workers.constraint import SubnetConstraint
 from workers.flop_buckets import FlopBuckets
 from workers.supernet.profile import profile_subnet
 from workers.supernet.space import SearchSpace, StageConfig, SubnetConfig
@@ -31,6 +32,7 @@ from workers.supernet.space import SearchSpace, StageConfig, SubnetConfig
 MAX_DRAWS = 200_000
 MAX_STALE_DRAWS = 2_000  # consecutive draws of known subnets after which a small space counts as exhausted
 SCALE_SPREAD = 0.5  # standard deviation, in choice-list positions, of `sample_at_scale`
+UNCONSTRAINED = SubnetConstraint()
 
 
 class SelectionError(ValueError):
@@ -139,6 +141,18 @@ def mac_range(space: SearchSpace, num_classes: int) -> tuple[int, int]:
     )
 
 
+def constrained_buckets(space: SearchSpace, num_classes: int, count: int, constraint: SubnetConstraint) -> FlopBuckets:
+    """`count` FLOP buckets over the supernet's MAC range, cut at the constraint's MAC limit."""
+    lo, hi = mac_range(space, num_classes)
+    if constraint.max_macs is not None:
+        if constraint.max_macs < lo:
+            raise SelectionError(
+                f"evaluation.constraint.max_macs: {constraint.max_macs:g} is below the smallest subnet's {lo} MACs"
+            )
+        hi = min(hi, int(constraint.max_macs))
+    return FlopBuckets(lo, hi, count)
+
+
 def _pick(rng: random.Random, choices: tuple, t: float) -> object:
     centre = t * (len(choices) - 1)
     weights = [math.exp(-((i - centre) ** 2) / (2 * SCALE_SPREAD**2)) for i in range(len(choices))]
@@ -187,59 +201,90 @@ def _unique_draws(draw: Callable[[], SubnetConfig], seen: set[str], limit: int) 
 
 
 def spread_over_macs(
-    space: SearchSpace, num_classes: int, count: int, seed: int, pool_size: int = 1000
+    space: SearchSpace,
+    num_classes: int,
+    count: int,
+    seed: int,
+    pool_size: int = 1000,
+    constraint: SubnetConstraint = UNCONSTRAINED,
 ) -> list[SubnetConfig]:
-    """Smallest, largest, and `count` random subnets whose MACs are closest to evenly spaced targets."""
-    chosen = _extremes(space)
-    if count == 0:
-        return list(chosen.values())
+    """Smallest, largest, and `count` random subnets whose MACs are closest to evenly spaced targets.
+
+    Under a MAC limit the targets span the smallest to the limit, and the last sits on it in place of the largest.
+    """
+    profile = _Profiler(space, num_classes)
+    chosen = {k: c for k, c in _extremes(space).items() if constraint.admits_macs(profile(c).macs)}
     lo, hi = mac_range(space, num_classes)
+    capped = hi if constraint.max_macs is None else min(hi, constraint.max_macs)
+    targets = [lo + (capped - lo) * i / (count + 1) for i in range(1, count + 1)]
+    if space.largest().subnet_id not in chosen and capped >= lo:
+        targets.append(capped)
+    if not targets:
+        return list(chosen.values())
     rng = random.Random(seed)
     pool = {}
-    for _ in range(max(pool_size, 20 * count)):
+    for _ in range(max(pool_size, 20 * len(targets))):
         config = space.sample(rng)
-        pool.setdefault(config.subnet_id, (profile_subnet(space, config, num_classes).macs, config))
-    candidates = [v for k, v in pool.items() if k not in chosen]
-    for i in range(1, count + 1):
+        if config.subnet_id not in pool:
+            pool[config.subnet_id] = (profile(config).macs, config)
+    candidates = [v for k, v in pool.items() if k not in chosen and constraint.admits_macs(v[0])]
+    for target in targets:
         if not candidates:
             break
-        target = lo + (hi - lo) * i / (count + 1)
         best = min(range(len(candidates)), key=lambda j: abs(candidates[j][0] - target))
         config = candidates.pop(best)[1]
         chosen[config.subnet_id] = config
     return list(chosen.values())
 
 
-def random_subnets(space: SearchSpace, count: int, seed: int, include_extremes: bool = True) -> list[SubnetConfig]:
-    """`count` distinct subnets drawn uniformly from the space, after the smallest and largest if asked."""
+def random_subnets(
+    space: SearchSpace,
+    count: int,
+    seed: int,
+    include_extremes: bool = True,
+    admits: Callable[[SubnetConfig], bool] | None = None,
+) -> list[SubnetConfig]:
+    """`count` distinct subnets drawn uniformly from the space (of those `admits`), after the smallest and
+    largest if asked (and admitted)."""
     chosen = _extremes(space) if include_extremes else {}
+    if admits is not None:
+        chosen = {k: c for k, c in chosen.items() if admits(c)}
+    wanted = len(chosen) + count
     rng = random.Random(seed)
     seen = set(chosen)
     for config in _unique_draws(lambda: space.sample(rng), seen, MAX_DRAWS):
+        if admits is not None and not admits(config):
+            continue
         chosen[config.subnet_id] = config
-        if len(chosen) >= count + (2 if include_extremes else 0):
+        if len(chosen) >= wanted:
             break
     return list(chosen.values())
 
 
 def bucket_subnets(
-    space: SearchSpace, num_classes: int, config: BucketSelection, seed: int
+    space: SearchSpace,
+    num_classes: int,
+    config: BucketSelection,
+    seed: int,
+    constraint: SubnetConstraint = UNCONSTRAINED,
 ) -> tuple[list[SubnetConfig], list[int]]:
     """`per_bucket` subnets drawn at random in each FLOP bucket; returns them and how many each bucket got.
 
-    The smallest and largest subnets (if included) count towards their buckets.
+    The smallest and largest subnets (if included) count towards their buckets. Under a MAC limit the
+    buckets split the range from the smallest to the limit.
     """
     profile = _Profiler(space, num_classes)
-    buckets = FlopBuckets(*mac_range(space, num_classes), config.buckets)
+    buckets = constrained_buckets(space, num_classes, config.buckets, constraint)
     rng = random.Random(seed)
     chosen = _extremes(space) if config.include_extremes else {}
+    chosen = {k: c for k, c in chosen.items() if buckets.index(profile(c).macs) is not None}
     counts = [0] * buckets.count
     for c in chosen.values():
         counts[buckets.index(profile(c).macs)] += 1
     seen = set(chosen)
     for c in _unique_draws(lambda: sample_at_scale(space, rng, rng.random()), seen, MAX_DRAWS):
         b = buckets.index(profile(c).macs)
-        if counts[b] < config.per_bucket:
+        if b is not None and counts[b] < config.per_bucket:
             counts[b] += 1
             chosen[c.subnet_id] = c
             if min(counts) >= config.per_bucket:
@@ -248,7 +293,11 @@ def bucket_subnets(
 
 
 def population_subnets(
-    space: SearchSpace, num_classes: int, config: PopulationSelection, seed: int
+    space: SearchSpace,
+    num_classes: int,
+    config: PopulationSelection,
+    seed: int,
+    constraint: SubnetConstraint = UNCONSTRAINED,
 ) -> tuple[list[SubnetConfig], list[int]]:
     """Per target, `per_target` distinct subnets within ± tolerance; returns them and the count per target."""
     profile = _Profiler(space, num_classes)
@@ -260,8 +309,14 @@ def population_subnets(
                 f"evaluation.selection.targets_mmacs[{i}]: {target} ± {config.tolerance_mmacs} MMACs is outside "
                 f"the supernet's range {lo / 1e6:.3f}-{hi / 1e6:.3f} MMACs"
             )
+        if not constraint.admits_macs(target * 1e6 - tol):
+            raise SelectionError(
+                f"evaluation.selection.targets_mmacs[{i}]: {target} ± {config.tolerance_mmacs} MMACs is above "
+                f"evaluation.constraint.max_macs ({constraint.max_macs:g})"
+            )
     rng = random.Random(seed)
     chosen = _extremes(space) if config.include_extremes else {}
+    chosen = {k: c for k, c in chosen.items() if constraint.admits_macs(profile(c).macs)}
     counts = []
     for target in config.targets_mmacs:
         # Centre the sampler near the target's position in the range; the band is narrow, so most draws miss.
@@ -272,7 +327,7 @@ def population_subnets(
             return sample_at_scale(space, rng, min(1.0, max(0.0, where + rng.uniform(-0.2, 0.2))))
 
         for c in _unique_draws(draw, set(chosen), MAX_DRAWS):
-            if abs(profile(c).macs - target * 1e6) <= tol:
+            if abs(profile(c).macs - target * 1e6) <= tol and constraint.admits_macs(profile(c).macs):
                 chosen[c.subnet_id] = c
                 found += 1
                 if found >= config.per_target:
@@ -290,18 +345,27 @@ class Selection:
 
 
 def select_subnets(
-    space: SearchSpace, num_classes: int, strategy: _Selection, spread_count: int, seed: int
+    space: SearchSpace,
+    num_classes: int,
+    strategy: _Selection,
+    spread_count: int,
+    seed: int,
+    constraint: SubnetConstraint = UNCONSTRAINED,
 ) -> Selection:
     """The subnets to evaluate first. For `evolution` that is the initial population; rounds follow later.
+
+    Only subnets within the constraint's MAC limit are picked; its latency limit is checked by the
+    evaluation workers, who measure latency before they evaluate.
 
     A pure function of its arguments, kept for the process: the runs of a comparison that share a space and a
     selection (RSS's nine schemes, 500 subnets each found by rejection sampling) select once.
     """
-    key = (repr(space), num_classes, strategy, spread_count, seed)  # a space's repr is its value (dicts included)
+    # a space's repr is its value (dicts included)
+    key = (repr(space), num_classes, strategy, spread_count, seed, constraint)
     if key not in _SELECTED:
         if len(_SELECTED) >= 16:
             _SELECTED.pop(next(iter(_SELECTED)))
-        _SELECTED[key] = _select(space, num_classes, strategy, spread_count, seed)
+        _SELECTED[key] = _select(space, num_classes, strategy, spread_count, seed, constraint)
     chosen = _SELECTED[key]
     return Selection(chosen.subnets, copy.deepcopy(chosen.details))
 
@@ -309,16 +373,32 @@ def select_subnets(
 _SELECTED: dict[tuple, Selection] = {}
 
 
-def _select(space: SearchSpace, num_classes: int, strategy: _Selection, spread_count: int, seed: int) -> Selection:
+def within_macs(space: SearchSpace, num_classes: int, constraint: SubnetConstraint) -> Callable[[SubnetConfig], bool]:
+    """Whether a config is within the constraint's MAC limit (MACs counted once per config)."""
+    profile = _Profiler(space, num_classes)
+    return lambda config: constraint.admits_macs(profile(config).macs)
+
+
+def _select(
+    space: SearchSpace,
+    num_classes: int,
+    strategy: _Selection,
+    spread_count: int,
+    seed: int,
+    constraint: SubnetConstraint,
+) -> Selection:
+    if constraint.max_macs is not None:
+        constrained_buckets(space, num_classes, 1, constraint)  # a limit below every subnet is refused here
+    admits = within_macs(space, num_classes, constraint) if constraint.max_macs is not None else None
     if isinstance(strategy, SpreadSelection):
-        subnets = spread_over_macs(space, num_classes, spread_count, seed)
+        subnets = spread_over_macs(space, num_classes, spread_count, seed, constraint=constraint)
         return Selection(tuple(subnets), {"subnets": len(subnets)})
     if isinstance(strategy, RandomSelection):
-        subnets = random_subnets(space, strategy.subnets, seed, strategy.include_extremes)
+        subnets = random_subnets(space, strategy.subnets, seed, strategy.include_extremes, admits)
         return Selection(tuple(subnets), {"subnets": len(subnets)})
     if isinstance(strategy, BucketSelection):
-        subnets, counts = bucket_subnets(space, num_classes, strategy, seed)
-        edges = FlopBuckets(*mac_range(space, num_classes), strategy.buckets).edges
+        subnets, counts = bucket_subnets(space, num_classes, strategy, seed, constraint)
+        edges = constrained_buckets(space, num_classes, strategy.buckets, constraint).edges
         return Selection(
             tuple(subnets),
             {
@@ -328,10 +408,10 @@ def _select(space: SearchSpace, num_classes: int, strategy: _Selection, spread_c
             },
         )
     if isinstance(strategy, PopulationSelection):
-        subnets, counts = population_subnets(space, num_classes, strategy, seed)
+        subnets, counts = population_subnets(space, num_classes, strategy, seed, constraint)
         return Selection(tuple(subnets), {"subnets": len(subnets), "found_per_target": counts})
     if isinstance(strategy, EvolutionSelection):
-        subnets = random_subnets(space, strategy.initial, seed, strategy.include_extremes)
+        subnets = random_subnets(space, strategy.initial, seed, strategy.include_extremes, admits)
         most = len(subnets) + strategy.rounds * (strategy.mutations + strategy.crossovers)
         return Selection(tuple(subnets), {"initial": len(subnets), "rounds": strategy.rounds, "at_most": most})
     raise TypeError(f"unknown selection strategy {strategy!r}")

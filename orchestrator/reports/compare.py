@@ -5,6 +5,11 @@ MACs, the best subnet per FLOP bucket, the mean Pareto accuracy, epochs,
 device-minutes per epoch, device-hours and dollars for training and evaluation,
 and the accuracy gained per dollar.
 
+Where the subnets were timed (`latency_ms`, batch 1 on the evaluation workers'
+device), the same best-per-bucket table is made over latency: the most accurate
+subnet under each latency bound, over the comparison's common latency range.
+Latency only compares across runs timed on the same device; the table names them.
+
 Mean Pareto accuracy normalises MACs over each run's own supernet range (from its
 plan; from its evaluated subnets if it has none), as the DepS paper defines it. The
 FLOP buckets span one range for the whole comparison, from the smallest to the
@@ -47,6 +52,8 @@ class RunResults:
     group: str | None
     costs: dict
     points: list[Point]
+    latency_points: list[Point]  # (latency ms at batch 1, top-1) of the subnets that were timed
+    latency_devices: tuple[str, ...]
     mac_range: tuple[int, int] | None  # the supernet's, from the plan
     num_classes: int | None
 
@@ -57,6 +64,7 @@ class Comparison:
     runs: list[RunResults]
     buckets: FlopBuckets | None
     rows: list[dict] = field(default_factory=list)
+    latency_buckets: FlopBuckets | None = None  # the same equal split, over milliseconds
 
     @property
     def range_mmacs(self) -> tuple[float, float] | None:
@@ -65,7 +73,9 @@ class Comparison:
 
 def load_run(run_dir: Path) -> RunResults:
     plan = PlanRecord.read(run_dir)
-    subnets = read_run_table(run_dir, "subnets", ["subnet_id", "macs", "top1"]).to_pylist()
+    columns = ["subnet_id", "macs", "top1", "latency_ms", "latency_device"]
+    subnets = read_run_table(run_dir, "subnets", columns).to_pylist()
+    timed = [r for r in subnets if r["latency_ms"] is not None]
     costs = run_costs(run_dir)
     return RunResults(
         name=costs["run"],
@@ -74,6 +84,8 @@ def load_run(run_dir: Path) -> RunResults:
         group=group_of(run_dir),
         costs=costs,
         points=[Point(r["macs"], r["top1"], r["subnet_id"]) for r in subnets],
+        latency_points=[Point(r["latency_ms"], r["top1"], r["subnet_id"]) for r in timed],
+        latency_devices=tuple(sorted({r["latency_device"] for r in timed})),
         mac_range=plan.mac_range if plan is not None else None,
         num_classes=plan.num_classes if plan is not None else None,
     )
@@ -110,7 +122,26 @@ def _common_range(runs: Sequence[RunResults]) -> tuple[int, int] | None:
     return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
 
 
-def _row(run: RunResults, buckets: FlopBuckets | None) -> dict:
+def _best_per_latency_bucket(run: RunResults, buckets: FlopBuckets | None) -> list[dict]:
+    if buckets is None or not run.latency_points:
+        return []
+    out = []
+    for i, best in enumerate(best_per_bucket(run.latency_points, buckets)):
+        lo, hi = buckets.bounds(i)
+        out.append(
+            {
+                "bucket": i + 1,
+                "lo_ms": lo,
+                "hi_ms": hi,
+                "top1": best.top1 if best else None,
+                "ms": best.macs if best else None,  # a latency point's x is its milliseconds
+                "subnet_id": best.subnet_id if best else None,
+            }
+        )
+    return out
+
+
+def _row(run: RunResults, buckets: FlopBuckets | None, latency_buckets: FlopBuckets | None = None) -> dict:
     costs = run.costs
     row = {
         "run": run.name,
@@ -125,6 +156,10 @@ def _row(run: RunResults, buckets: FlopBuckets | None) -> dict:
         "mean_pareto_top1": None,
         "mean_pareto_top1_common_range": None,
         "buckets": [],
+        "fastest_ms": min((p.macs for p in run.latency_points), default=None),
+        "slowest_ms": max((p.macs for p in run.latency_points), default=None),
+        "latency_devices": list(run.latency_devices),
+        "latency_buckets": _best_per_latency_bucket(run, latency_buckets),
         "epochs": costs["epochs"],
         "device_type": costs["device_type"],
         "device_minutes_per_epoch": costs["device_minutes_per_epoch"],
@@ -162,8 +197,10 @@ def compare(run_dirs_: Sequence[Path], bucket_count: int = DEFAULT_BUCKETS, titl
     runs = [load_run(d) for d in run_dirs_]
     span = _common_range(runs)
     buckets = FlopBuckets(span[0], span[1], bucket_count) if span else None
-    comparison = Comparison(title or ", ".join(r.name for r in runs), runs, buckets)
-    comparison.rows = [_row(r, buckets) for r in runs]
+    timed = [p.macs for r in runs for p in r.latency_points]
+    latency_buckets = FlopBuckets(min(timed), max(timed), bucket_count) if timed else None
+    comparison = Comparison(title or ", ".join(r.name for r in runs), runs, buckets, latency_buckets=latency_buckets)
+    comparison.rows = [_row(r, buckets, latency_buckets) for r in runs]
     return comparison
 
 
@@ -238,6 +275,8 @@ def render_markdown(comparison: Comparison, plots: Sequence[Path] = ()) -> str:
                 cells.append(_at(b["top1"], b["mmacs"]) if b else "–")
             body.append([str(i + 1), f"{b_lo / 1e6:.4g}-{b_hi / 1e6:.4g}"] + cells)
         lines += _markdown_table(header, body, 2)
+    if comparison.latency_buckets is not None:
+        lines += ["", *_latency_section(comparison)]
     lines += [
         "",
         "Mean Pareto top-1: area under the Pareto front of top-1 against MACs normalised to [0, 1] over the run's "
@@ -249,16 +288,45 @@ def render_markdown(comparison: Comparison, plots: Sequence[Path] = ()) -> str:
     return "\n".join(lines)
 
 
+def _latency_section(comparison: Comparison) -> list[str]:
+    buckets = comparison.latency_buckets
+    assert buckets is not None
+    devices = sorted({d for r in comparison.rows for d in r["latency_devices"]})
+    lines = [
+        f"### Best subnet per latency bucket (top-1 % @ ms at batch 1; range {buckets.lo:.3g}-{buckets.hi:.3g} ms, "
+        f"timed on {'; '.join(devices)})",
+        "",
+    ]
+    if len(devices) > 1:
+        lines += ["The runs were timed on different devices: their latencies do not compare.", ""]
+    header = ["bucket", "ms"] + [r["run"] for r in comparison.rows]
+    body = []
+    for i in range(buckets.count):
+        b_lo, b_hi = buckets.bounds(i)
+        cells = []
+        for r in comparison.rows:
+            b = r["latency_buckets"][i] if r["latency_buckets"] else None
+            cells.append("–" if not b or b["top1"] is None else f"{b['top1']:.2f} @ {b['ms']:.3g}")
+        body.append([str(i + 1), f"{b_lo:.3g}-{b_hi:.3g}"] + cells)
+    return lines + _markdown_table(header, body, 2)
+
+
 def flat_rows(comparison: Comparison) -> list[dict]:
     """One flat row per run: the bucket list spread into bucket<i>_top1 / _mmacs / _subnet_id columns."""
     count = comparison.buckets.count if comparison.buckets else 0
     out = []
     for r in comparison.rows:
-        flat = {k: v for k, v in r.items() if k != "buckets"}
+        flat = {k: v for k, v in r.items() if k not in ("buckets", "latency_buckets", "latency_devices")}
+        flat["latency_devices"] = "; ".join(r["latency_devices"])
         for i in range(count):
             b = r["buckets"][i] if r["buckets"] else {}
             for key in ("top1", "mmacs", "subnet_id"):
                 flat[f"bucket{i + 1}_{key}"] = b.get(key)
+        latency_count = comparison.latency_buckets.count if comparison.latency_buckets else 0
+        for i in range(latency_count):
+            b = r["latency_buckets"][i] if r["latency_buckets"] else {}
+            for key in ("top1", "ms", "subnet_id"):
+                flat[f"latency_bucket{i + 1}_{key}"] = b.get(key)
         out.append(flat)
     return out
 
@@ -278,6 +346,7 @@ def render(comparison: Comparison, fmt: str = "markdown", plots: Sequence[Path] 
             "comparison": comparison.title,
             "range_mmacs": list(comparison.range_mmacs) if comparison.range_mmacs else None,
             "bucket_edges_mmacs": [e / 1e6 for e in comparison.buckets.edges] if comparison.buckets else None,
+            "latency_bucket_edges_ms": comparison.latency_buckets.edges if comparison.latency_buckets else None,
             "runs": comparison.rows,
             "plots": [str(p) for p in plots],
         }

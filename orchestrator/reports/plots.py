@@ -1,7 +1,7 @@
 """The comparison's plots, as PNG files (matplotlib, Agg canvas; no display needed).
 
 - pareto.png: every run's evaluated subnets and Pareto front (top-1 against MACs) on one chart, with the FLOP
-  bucket edges.
+  bucket edges; pareto_latency.png the same against batch-1 latency, where the subnets were timed.
 - cost.png: dollars per epoch (a method's phases show as steps: DepS's one-network warmup is cheap) and
   cumulative dollars against epoch, evaluation added at the end.
 - class_correlation.png: the full model's class-correlation heatmaps at the epochs recorded (DepS appendix A).
@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from orchestrator.reports.compare import Comparison, RunResults
-from orchestrator.reports.pareto import pareto_front
+from orchestrator.reports.pareto import Point, pareto_front
 from orchestrator.storage.dataset import read_run_table
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
@@ -51,36 +51,43 @@ def _label(run: RunResults) -> str:
     return run.name if not run.method or run.method in run.name else f"{run.name} ({run.method})"
 
 
-def plot_pareto(comparison: Comparison, path: Path) -> Path | None:
-    runs = [r for r in comparison.runs if r.points]
-    if not runs or comparison.buckets is None:
+def plot_pareto(comparison: Comparison, path: Path, latency: bool = False) -> Path | None:
+    """Top-1 against MACs (or, with `latency`, against batch-1 milliseconds) per run, with its Pareto front."""
+    buckets = comparison.latency_buckets if latency else comparison.buckets
+    scale = 1.0 if latency else 1e6
+
+    def points_of(run: RunResults) -> list[Point]:
+        return run.latency_points if latency else run.points
+
+    if buckets is None or not any(points_of(r) for r in comparison.runs):
         return None
-    buckets = comparison.buckets
     fig = Figure(figsize=(9.5, 5.8))
     ax = fig.add_subplot()
     for i, (run, row) in enumerate(zip(comparison.runs, comparison.rows)):
-        if not run.points:
+        points = points_of(run)
+        if not points:
             continue
         colour = COLOURS[i % len(COLOURS)]
-        ax.scatter([p.macs / 1e6 for p in run.points], [p.top1 for p in run.points], s=14, alpha=0.3, color=colour)
-        front = pareto_front(run.points)
-        xs = [p.macs / 1e6 for p in front] + [buckets.hi / 1e6]
+        ax.scatter([p.macs / scale for p in points], [p.top1 for p in points], s=14, alpha=0.3, color=colour)
+        front = pareto_front(points)
+        xs = [p.macs / scale for p in front] + [buckets.hi / scale]
         ys = [p.top1 for p in front] + [front[-1].top1]
-        mean = row["mean_pareto_top1"]
-        ax.plot(  # the curve mean Pareto accuracy integrates: straight between front subnets, flat after
-            xs,
-            ys,
-            color=colour,
-            linewidth=2,
-            label=f"{_label(run)}: mean Pareto {mean:.2f} %, {len(run.points)} subnets",
-        )
+        label = f"{_label(run)}: {len(points)} subnets"
+        if not latency:
+            label = f"{_label(run)}: mean Pareto {row['mean_pareto_top1']:.2f} %, {len(points)} subnets"
+        # the best top-1 a budget buys: straight between front subnets (what mean Pareto accuracy integrates)
+        ax.plot(xs, ys, color=colour, linewidth=2, label=label)
         ax.plot(xs[:-1], ys[:-1], "o", color=colour, markersize=5)
     for k, edge in enumerate(buckets.edges):
-        ax.axvline(edge / 1e6, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(edge / scale, color="grey", linestyle=":", linewidth=1)
         if k < buckets.count:
             lo, hi = buckets.bounds(k)
-            ax.text((lo + hi) / 2e6, 1.01, f"bucket {k + 1}", transform=ax.get_xaxis_transform(), ha="center")
-    ax.set_xlabel("MACs (millions)")
+            ax.text((lo + hi) / 2 / scale, 1.01, f"bucket {k + 1}", transform=ax.get_xaxis_transform(), ha="center")
+    if latency:
+        devices = sorted({d for r in comparison.runs for d in r.latency_devices})
+        ax.set_xlabel(f"latency at batch 1 (ms) on {'; '.join(devices)}")
+    else:
+        ax.set_xlabel("MACs (millions)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"Pareto fronts: {comparison.title}", pad=22)
     ax.grid(alpha=0.3)
@@ -223,6 +230,7 @@ def write_plots(comparison: Comparison, out_dir: Path, heatmap_epochs: Sequence[
     """Every plot there is data for, into `out_dir`; returns the files written."""
     written = [
         plot_pareto(comparison, out_dir / "pareto.png"),
+        plot_pareto(comparison, out_dir / "pareto_latency.png", latency=True),
         plot_costs(comparison, out_dir / "cost.png"),
         plot_class_correlation(comparison, out_dir / "class_correlation.png", heatmap_epochs),
         plot_gradients(comparison, out_dir / "gradients.png"),

@@ -34,6 +34,16 @@ class RunDir:
         return self.path / "plan.json"
 
     @property
+    def worker_spec(self) -> Path:
+        """The resolved spec the workers were given (`WorkerSpec`): what `deps-orch export` rebuilds a net from."""
+        return self.path / "worker_spec.json"
+
+    @property
+    def latency_table(self) -> Path:
+        """The per-block latency lookup table measured on one device (`workers/latency.py`)."""
+        return self.path / "latency_table.json"
+
+    @property
     def state(self) -> Path:
         """The run's state, its reason, its controller and its elapsed time (`workers/rundir/state.py`)."""
         return self.path / "state.json"

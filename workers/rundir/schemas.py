@@ -54,6 +54,12 @@ SUBNET_COLUMNS = [
     pa.field("evaluated_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("selection", pa.string()),  # the strategy that picked the subnet (spread, buckets, evolution, ...)
     pa.field("search_round", pa.int32()),  # evolution: 0 for the initial population, then the round that bred it
+    # the extracted subnet's median latency at batch 1 and at `latency_batch_size`, on the evaluation device
+    pa.field("latency_ms", pa.float64()),
+    pa.field("latency_batch_size", pa.int32()),
+    pa.field("batch_latency_ms", pa.float64()),
+    pa.field("latency_device", pa.string()),
+    pa.field("latency_threads", pa.int32()),
 ]
 SUBNET_SCHEMA = pa.schema(SUBNET_COLUMNS)
 SUBNET_KEY = ("run", "subnet_id")
