@@ -18,6 +18,7 @@ from orchestrator.plan import Plan
 from orchestrator.reports.cost_report import COLUMNS, run_costs
 from orchestrator.reports.table import render
 from orchestrator.spec import JobSpec
+from orchestrator.sweep import run_sweep
 from workers.rundir.holds import DeviceHold, HoldOwner
 from workers.rundir.state import RunState, read_state
 
@@ -82,6 +83,8 @@ def run_here(submission: Submission, cluster: AbstractContextManager, hold_kind:
         announce(plan, submission.description(index))
     console = QuietConsole(plans[0].files, submission.verbose)
     with console:
+        if submission.spec.sweep is not None:
+            return run_sweep(submission.spec, plans, cluster, console)
         if submission.spec.methods is None:
             return _one(submission, cluster, console, hold_kind)
         return _comparison(submission, cluster, console, hold_kind)

@@ -12,8 +12,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from orchestrator.sweep_spec import SweepSpec
+from orchestrator.sweep_trials import sweep_trials, with_values
 from workers.data.spec import DatasetSpec
 from workers.evaluation_spec import EvaluationSpec
 from workers.job import WorkerSpec
@@ -242,6 +244,7 @@ class JobSpec(Section):
     storage: StorageSpec = StorageSpec()
     budget: BudgetSpec = BudgetSpec()
     forecast: ForecastSpec = ForecastSpec()
+    sweep: SweepSpec | None = Field(None, description="vary spec fields over trials, each an ordinary run (Ray Tune)")
 
     @field_validator("run", "group")
     @classmethod
@@ -282,6 +285,34 @@ class JobSpec(Section):
                 seen[run] = i
         return self
 
+    @model_validator(mode="after")
+    def _sweep_trials_are_specs(self) -> JobSpec:
+        if self.sweep is None:
+            return self
+        if self.methods is not None:
+            raise ValueError("sweep: varies one method's spec; give method, not methods")
+        try:
+            self._trial_specs()
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            path = next((p for p in self.sweep.parameters if where == p or where.startswith(p + ".")), where)
+            raise ValueError(f"sweep.parameters.{path}: {first['msg']}") from None
+        return self
+
+    def _trial_specs(self) -> list[JobSpec]:
+        sweep = self.sweep
+        assert sweep is not None
+        data = self.model_dump(mode="json", exclude={"sweep", "methods"})
+        group = self.group or self.run
+        specs = []
+        for trial in sweep_trials(sweep, self.run, self.seed):
+            trial_data = with_values(data, trial.values) | {"run": trial.name, "group": group}
+            validation = trial_data["evaluation"].setdefault("validation", {})
+            validation |= {"enabled": True, "images": sweep.validation_images}
+            specs.append(JobSpec.model_validate(trial_data))
+        return specs
+
     def worker_spec(self) -> WorkerSpec:
         """What this run's workers read (a spec of one run: `runs()` splits a `methods:` spec first)."""
         if self.method is None:
@@ -301,7 +332,10 @@ class JobSpec(Section):
         )
 
     def runs(self) -> list[JobSpec]:
-        """One spec per run: itself, or one per entry of `methods`, named `<run>-<method>` and grouped."""
+        """One spec per run: itself, one per entry of `methods`, named `<run>-<method>`, or one per trial of
+        `sweep` (`orchestrator/sweep_trials.py`), each grouped under the spec's run name."""
+        if self.sweep is not None:
+            return self._trial_specs()
         if self.methods is None:
             return [self]
         group = self.group or self.run

@@ -71,7 +71,7 @@ def test_compare_cli_markdown_csv_json_and_plots(root, capsys):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("## Comparison: cmp")
-    assert "| cmp-deps | deps | 3 | 50.00 @ 0.0001 | 60.00 @ 0.00045 | 65.00 | 2 |" in out
+    assert "| cmp-deps | deps | – | 3 | 50.00 @ 0.0001 | 60.00 @ 0.00045 | 65.00 | 2 |" in out
     assert "| 4 | 0.0004-0.0005 | 70.00 @ 0.0004 | – |" in out  # best subnet per bucket, one column per run
     plots = root / "_compare" / "cmp"
     assert f"![pareto]({plots / 'pareto.png'})" in out and f"![cost]({plots / 'cost.png'})" in out

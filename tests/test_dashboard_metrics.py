@@ -355,7 +355,7 @@ def test_the_diagnostics_and_the_comparison_with_every_plot(watched):
 
     report = deps_orch("compare", RUN, "--root", str(watched.root))
     assert report.returncode == 0, report.stderr
-    assert f"| {RUN} | deps | 4 |" in report.stdout and "### Best subnet per FLOP bucket" in report.stdout
+    assert f"| {RUN} | deps | SUCCEEDED | 4 |" in report.stdout and "### Best subnet per FLOP bucket" in report.stdout
     plots = watched.root / "_compare" / RUN
     assert sorted(p.name for p in plots.glob("*.png")) == [
         "class_correlation.png",

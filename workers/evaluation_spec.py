@@ -32,6 +32,14 @@ class LatencySpec(Section):
     )
 
 
+class ValidationSpec(Section):
+    """`evaluation.validation`: the per-epoch metric (a sweep turns it on for its scheduler)."""
+
+    enabled: bool = False
+    images: int = Field(256, gt=0, description="test images the full model and smallest subnet are counted on")
+    calibration_images: int = Field(128, gt=0, description="training images their BN is calibrated on")
+
+
 class EvaluationSpec(Section):
     selection: AnySelection = SpreadSelection()
     subnets: int = Field(6, ge=0, description="for selection spread: subnets besides the smallest and largest")
@@ -49,6 +57,7 @@ class EvaluationSpec(Section):
     max_restarts: int = Field(2, ge=0, description="restarts of a dead actor; its unfinished task is retried")
     diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     latency: LatencySpec = LatencySpec()
+    validation: ValidationSpec = ValidationSpec()
     constraint: SubnetConstraint = SubnetConstraint()
 
     @model_validator(mode="after")

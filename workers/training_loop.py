@@ -24,6 +24,7 @@ from torch import nn
 from workers.diagnostics import record_diagnostics
 from workers.epoch_guard import EpochGuard
 from workers.epoch_progress import EpochProgress, RankProgress, gather_ranks, restore_rng, rng_state
+from workers.epoch_validation import EpochValidation
 from workers.forecast_model import ForecastJob, forecast_from_profile
 from workers.job import WorkerSpec
 from workers.methods import Stage, TrainingMethod
@@ -130,6 +131,9 @@ def train_loop_per_worker(config: dict) -> None:
             )
         progress = None
     steps_per_epoch = setup.steps_per_epoch
+    validation = (
+        EpochValidation(work, setup.num_classes, device) if rank == 0 and work.evaluation.validation.enabled else None
+    )
     # Rank 0's marker of this attempt; it also charges the lost time of earlier attempts that died mid-epoch.
     attempt = next_attempt(run_dir) if rank == 0 else -1
     attempt_log = (
@@ -210,6 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
                 charged_from,
                 clock,
                 resumed,
+                validation,
             )
             progress = None
             if stopped:
@@ -265,6 +270,7 @@ def _train_epoch(
     charged_from: float,
     clock,
     resumed: EpochProgress | None = None,
+    validation: EpochValidation | None = None,
 ) -> tuple[float, bool]:
     """One epoch of `stage` (from `resumed`'s step, if given), its checkpoint and its ledger row; returns (when
     it was charged up to, stop?)."""
@@ -330,6 +336,8 @@ def _train_epoch(
             ckpt = ray.train.Checkpoint.from_directory(directory)
             measured_at = clock()
             wall = wall_before + measured_at - epoch_start
+            if validation is not None:
+                metrics.update(validation.measure(net))
             images_seen = setup.global_batch * steps_per_epoch
             _record_epoch(store, job, method, metrics, attempt, wall, overhead, images_seen, subnets / steps_per_epoch)
         stop = guard.after_epoch(epoch, method.epochs)
@@ -387,5 +395,7 @@ def _record_epoch(
             "lr": metrics["lr"],
             "scalars": metrics["scalars"],
             "finished_at": datetime.now(timezone.utc),
+            "val_top1": metrics.get("val_top1"),
+            "val_top1_smallest": metrics.get("val_top1_smallest"),
         }
     )

@@ -146,6 +146,7 @@ def _row(run: RunResults, buckets: FlopBuckets | None, latency_buckets: FlopBuck
     row = {
         "run": run.name,
         "method": run.method,
+        "state": costs.get("state"),
         "group": run.group,
         "subnets": len(run.points),
         "smallest_top1": costs.get("smallest_top1"),
@@ -226,6 +227,7 @@ def _at(top1: float | None, mmacs: float | None) -> str:
 MAIN_COLUMNS = [
     ("run", lambda r: r["run"]),
     ("method", lambda r: r["method"] or "–"),
+    ("state", lambda r: r["state"] or "–"),
     ("subnets", lambda r: str(r["subnets"])),
     ("smallest top-1 @ MMACs", lambda r: _at(r["smallest_top1"], r["smallest_mmacs"])),
     ("largest top-1 @ MMACs", lambda r: _at(r["largest_top1"], r["largest_mmacs"])),

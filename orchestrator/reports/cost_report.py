@@ -20,6 +20,7 @@ COLUMNS = [
     Column("run", "run"),
     Column("group", "group"),
     Column("method", "method"),
+    Column("state", "state"),
     Column("device_type", "device"),
     Column("epochs", "epochs"),
     Column("device_minutes_per_epoch", "dev-min/epoch", ".3f"),
@@ -59,6 +60,8 @@ def run_costs(run_dir: Path) -> dict:
     store = RunStore(run_dir)
     epochs, subnets, lost = store.epochs(), store.subnets(), store.lost()
     row: dict = {"run": run_dir.name, "group": None, "method": None, "device_type": None}
+    state = read_state(run_dir)
+    row["state"] = state.state.value if state is not None else None
     for table in (lost, epochs, subnets):  # a run stopped before its first epoch has only lost work
         if len(table):
             row["method"] = table["method"][0].as_py()

@@ -28,6 +28,9 @@ EPOCH_COLUMNS = [
     # the method's own per-epoch values at the epoch's last step, by name (DepS: epsilon)
     pa.field("scalars", pa.map_(pa.string(), pa.float64())),
     pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    # the per-epoch metric (`evaluation.validation`): top-1 % of the full model and of the smallest subnet
+    pa.field("val_top1", pa.float64()),
+    pa.field("val_top1_smallest", pa.float64()),
 ]
 EPOCH_SCHEMA = pa.schema(EPOCH_COLUMNS)
 EPOCH_KEY = ("run", "epoch")

@@ -30,6 +30,7 @@ class RunState(str, Enum):
     CANCELLED = "CANCELLED"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     TIME_LIMIT = "TIME_LIMIT"  # stopped before its allocation's time limit; a requeue resumes it
+    STOPPED_EARLY = "STOPPED_EARLY"  # a sweep's scheduler stopped the trial: its ledger is kept, no evaluation
 
     @property
     def is_terminal(self) -> bool:
@@ -41,6 +42,7 @@ class RunState(str, Enum):
             RunState.CANCELLED,
             RunState.BUDGET_EXHAUSTED,
             RunState.TIME_LIMIT,
+            RunState.STOPPED_EARLY,
         )
 
     @property
