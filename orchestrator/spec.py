@@ -23,6 +23,7 @@ from workers.methods import AnyMethodConfig
 from workers.optim_spec import OptimizerSpec
 from workers.precision_spec import Precision
 from workers.rundir.budget import BudgetSpec
+from workers.rundir.layout import run_dir_for
 from workers.sections import Section
 from workers.supernet.space_spec import SpaceSpec
 
@@ -305,11 +306,22 @@ class JobSpec(Section):
         assert sweep is not None
         data = self.model_dump(mode="json", exclude={"sweep", "methods"})
         group = self.group or self.run
+        trials = sweep_trials(sweep, self.run, self.seed)
+        members = [str(run_dir_for(self.storage.root, t.name).resolve()) for t in trials]
         specs = []
-        for trial in sweep_trials(sweep, self.run, self.seed):
+        for trial, own in zip(trials, members):
             trial_data = with_values(data, trial.values) | {"run": trial.name, "group": group}
             validation = trial_data["evaluation"].setdefault("validation", {})
             validation |= {"enabled": True, "images": sweep.validation_images}
+            if sweep.budget.limited:
+                trial_data["budget"]["pool"] = {
+                    "name": "sweep.budget",
+                    "max_dollars": sweep.budget.max_dollars,
+                    "max_device_hours": sweep.budget.max_device_hours,
+                    "members": members,
+                    "own": own,
+                    "concurrent": min(sweep.max_concurrent or len(trials), len(trials)),
+                }
             specs.append(JobSpec.model_validate(trial_data))
         return specs
 

@@ -11,9 +11,11 @@ reserve their own, and no more trials run at once than the cluster fits.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,6 +28,9 @@ from orchestrator.reports.cost_report import COLUMNS, run_costs
 from orchestrator.reports.table import render
 from orchestrator.spec import JobSpec
 from orchestrator.sweep_spec import SweepSpec
+from workers.rundir.budget import budget_verdict
+from workers.rundir.forecast import load_forecast
+from workers.rundir.pricing import Usage
 from workers.rundir.state import RunState, read_state, write_state
 from workers.rundir.stops import request_cancel
 from workers.rundir.tables import RunStore
@@ -45,6 +50,10 @@ class TrialRun(tune.Trainable):
         self.error: BaseException | None = None
         self.reported = -1
         self.thread = threading.Thread(target=self._run, name=f"trial {self.plan.spec.run}", daemon=True)
+        verdict = no_room_to_start(self.plan)
+        if verdict is not None:  # the thread is never started: the trial is reported done at once
+            write_state(self.plan.files, RunState.BUDGET_EXHAUSTED, f"not started: {verdict}")
+            return
         self.thread.start()
 
     def _run(self) -> None:
@@ -69,7 +78,7 @@ class TrialRun(tune.Trainable):
                 return _result(self.plan, row, done=row["epoch"] == last_epoch)
             if not self.thread.is_alive():
                 self._raise_if_failed()
-                state = read_state(self.plan.files)
+                state = read_state(self.plan.files)  # it stopped before its last epoch (or never started)
                 return {"done": True, "state": state.state.value if state else "", "epoch": self.reported + 1}
             time.sleep(POLL_SECONDS)
 
@@ -93,6 +102,22 @@ class TrialRun(tune.Trainable):
         write_state(
             files, RunState.STOPPED_EARLY, f"stopped early by the sweep's {self.scheduler} after {epochs} epochs"
         )
+
+
+def no_room_to_start(plan: Plan) -> str | None:
+    """Why the sweep's budget has no room for this trial's set-up, forecast and first epoch (as a trial of the
+    sweep measured them), or None. A trial that has trained already, or the sweep's first, starts."""
+    budget = plan.spec.budget
+    pool = budget.pool
+    if pool is None or RunStore(plan.files).epoch_rows():
+        return None
+    forecasts = [f for m in pool.members if m != pool.own and (f := load_forecast(Path(m))) is not None]
+    if not forecasts:
+        return None
+    first = min(forecasts, key=lambda f: f.setup_seconds + f.measure_seconds + f.phases[0].epoch_seconds)
+    seconds = first.startup_seconds + first.setup_seconds + first.measure_seconds + first.phases[0].epoch_seconds
+    coming = Usage.of(seconds, first.devices, first.price_per_device_hour)
+    return budget_verdict(budget, Usage(), coming, f"trial {plan.spec.run}'s set-up, forecast and first epoch")
 
 
 def _result(plan: Plan, row: dict, done: bool) -> dict:
@@ -156,6 +181,8 @@ def run_sweep(spec: JobSpec, plans: list[Plan], cluster: AbstractContextManager,
     assert sweep is not None
     name = spec.run
     started = time.time()
+    # A trial the budget stopped, or never started, ends with a result that has no metric to report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     with cluster:
         concurrent = concurrent_trials(sweep, plans, ray.cluster_resources().get("CPU", 1.0))
         console.echo(f"[{name}] sweeping {len(plans)} trials, {concurrent} at a time, on Ray Tune")
@@ -195,12 +222,16 @@ def run_sweep(spec: JobSpec, plans: list[Plan], cluster: AbstractContextManager,
                 "the others resume from their last checkpoints"
             )
             return 130
-    states = {p.spec.run: read_state(p.files) for p in plans}
-    stopped = sum(1 for s in states.values() if s is not None and s.state is RunState.STOPPED_EARLY)
-    failed = [run for run, s in states.items() if s is None or s.state is RunState.FAILED]
+    states = [record.state if (record := read_state(p.files)) is not None else None for p in plans]
+
+    def count(*wanted: RunState | None) -> int:
+        return sum(1 for state in states if state in wanted)
+
+    failed = count(None, RunState.FAILED)
     console.echo(
-        f"[{name}] {len(plans)} trials in {time.time() - started:.1f}s: "
-        f"{len(plans) - stopped - len(failed)} finished, {stopped} stopped early, {len(failed)} failed"
+        f"[{name}] {len(plans)} trials in {time.time() - started:.1f}s: {count(RunState.SUCCEEDED)} finished, "
+        f"{count(RunState.STOPPED_EARLY)} stopped early, {count(RunState.BUDGET_EXHAUSTED)} stopped by the budget, "
+        f"{failed} failed"
     )
     console.echo(render(COLUMNS, [run_costs(p.run_dir) for p in plans if p.run_dir.exists()]))
     return 1 if failed else 0

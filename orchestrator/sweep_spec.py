@@ -9,6 +9,7 @@
       mode: max
       scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
       max_concurrent: 2
+      budget: {max_dollars: 40}   # the whole sweep: no trial starts or goes on past it
 
 Grid values multiply; the random distributions are drawn for every trial, from the
 spec's seed, so submitting the sweep again names the same trials.
@@ -56,6 +57,17 @@ class SchedulerSpec(Section):
     min_samples_required: int = Field(2, ge=1, description="median: trials to compare with before stopping one")
 
 
+class SweepBudget(Section):
+    """A cap on the whole sweep, shared by its trials through the run budget's guard (`BudgetPool`)."""
+
+    max_dollars: float | None = Field(None, gt=0)
+    max_device_hours: float | None = Field(None, gt=0)
+
+    @property
+    def limited(self) -> bool:
+        return self.max_dollars is not None or self.max_device_hours is not None
+
+
 class SweepSpec(Section):
     parameters: dict[str, Distribution] = Field(min_length=1, description="dotted spec paths: what varies")
     num_samples: int = Field(1, ge=1, description="repeats of the grid; random distributions drawn anew each")
@@ -64,3 +76,4 @@ class SweepSpec(Section):
     scheduler: SchedulerSpec = SchedulerSpec()
     max_concurrent: int | None = Field(None, ge=1, description="default: as many trials as the cluster fits")
     validation_images: int = Field(256, gt=0, description="test images of the per-epoch metric")
+    budget: SweepBudget = SweepBudget()

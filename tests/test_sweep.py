@@ -56,7 +56,7 @@ def test_two_trials_run_at_once_each_an_ordinary_run_grouped_under_the_sweep(tmp
     done = deps_orch("submit", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[two] sweeping 2 trials, 2 at a time, on Ray Tune" in done.stdout
-    assert "2 trials in" in done.stdout and "2 finished, 0 stopped early, 0 failed" in done.stdout
+    assert "2 finished, 0 stopped early, 0 stopped by the budget, 0 failed" in done.stdout
     runs = ["two-t0-warmup_fraction0", "two-t1-warmup_fraction0.5"]
     ledgers = {run: pq.read_table(root / run / "epochs.parquet").to_pylist() for run in runs}
     for run, rows in ledgers.items():
@@ -84,7 +84,7 @@ def test_asha_stops_the_clearly_worse_trial_after_its_grace_period_and_keeps_its
     path, root = _spec(tmp_path, "asha", sweep, epochs=4)
     done = deps_orch("submit", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 finished, 1 stopped early, 0 failed" in done.stdout
+    assert "1 finished, 1 stopped early, 0 stopped by the budget, 0 failed" in done.stdout
     good, worse = root / "asha-t0-lr0.1", root / "asha-t1-lr1e_06"
     assert json.loads((good / "state.json").read_text())["state"] == "SUCCEEDED"
     state = json.loads((worse / "state.json").read_text())
@@ -120,3 +120,24 @@ def test_a_sweep_whose_controller_is_killed_resumes_and_writes_every_epoch_row_o
         epochs = pq.read_table(run / "epochs.parquet").column("epoch").to_pylist()
         assert sorted(epochs) == [0, 1, 2]  # every epoch once
         assert pq.read_metadata(run / "subnets.parquet").num_rows == 2
+
+
+def test_a_sweep_budget_smaller_than_the_sweep_stops_it_under_the_cap(tmp_path):
+    cap = 0.008  # vCPU-hours: about two of the three trials
+    sweep = {
+        "parameters": {"method.warmup_fraction": {"grid": [0.0, 0.34, 0.67]}},
+        "max_concurrent": 1,
+        "budget": {"max_device_hours": cap},
+    }
+    path, root = _spec(tmp_path, "capped", sweep, epochs=3)
+    done = deps_orch("submit", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    states, charged = {}, 0.0
+    for run in sorted(root.glob("capped-t*")):
+        states[run.name] = json.loads((run / "state.json").read_text())["state"]
+        for table in ("epochs", "subnets", "lost"):
+            if (run / f"{table}.parquet").exists():
+                charged += sum(pq.read_table(run / f"{table}.parquet").column("device_hours").to_pylist())
+    assert len(states) == 3 and set(states.values()) <= {"SUCCEEDED", "BUDGET_EXHAUSTED"}
+    assert "BUDGET_EXHAUSTED" in states.values()
+    assert 0 < charged <= cap, (charged, states)

@@ -28,6 +28,25 @@ from workers.rundir.pricing import Usage
 STEP_MARGIN = 1.5
 
 
+class BudgetPool(BaseModel):
+    """A cap shared by several runs (a sweep's trials): what all of them spent, plus what the next piece of work
+    of each one running at once would cost, must stay under it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str  # what the cap belongs to, for the messages: "sweep.budget"
+    max_dollars: float | None = Field(None, gt=0.0)
+    max_device_hours: float | None = Field(None, gt=0.0)
+    members: tuple[str, ...]  # every sharing run's directory
+    own: str  # this run's directory (its spend is the caller's `spent`, with what is not in the ledger yet)
+    concurrent: int = Field(1, ge=1, description="runs that may be working at once: each reserves alike")
+
+    def others_spent(self) -> Usage:
+        return Usage.total(
+            [row for member in self.members if member != self.own for rows in ledger_rows(Path(member)) for row in rows]
+        )
+
+
 class BudgetSpec(BaseModel):
     """Limits on a run's spend (training and evaluation); the run stops cleanly before it would pass them."""
 
@@ -38,25 +57,38 @@ class BudgetSpec(BaseModel):
     check_every_steps: int = Field(
         8, ge=1, description="steps between the in-epoch checks (each one a broadcast); each reserves that many steps"
     )
+    pool: BudgetPool | None = Field(None, description="set by a sweep: the cap its trials share")
 
     @property
     def limited(self) -> bool:
-        return self.max_dollars is not None or self.max_device_hours is not None
+        return self.max_dollars is not None or self.max_device_hours is not None or self.pool is not None
+
+
+def _over(
+    max_dollars: float | None, max_device_hours: float | None, spent: Usage, coming: Usage, what: str, name: str
+) -> str | None:
+    if max_dollars is not None and spent.dollars + coming.dollars > max_dollars:
+        return (
+            f"budget: ${spent.dollars:.4f} spent + ${coming.dollars:.4f} forecast for {what} "
+            f"would pass {name}.max_dollars ${max_dollars:.4f}"
+        )
+    if max_device_hours is not None and spent.device_hours + coming.device_hours > max_device_hours:
+        return (
+            f"budget: {spent.device_hours:.4f} device-hours spent + {coming.device_hours:.4f} forecast for {what} "
+            f"would pass {name}.max_device_hours {max_device_hours:.4f}"
+        )
+    return None
 
 
 def budget_verdict(budget: BudgetSpec, spent: Usage, coming: Usage, what: str) -> str | None:
-    """Why `coming` must not start (one line), or None if the budget allows it."""
-    if budget.max_dollars is not None and spent.dollars + coming.dollars > budget.max_dollars:
-        return (
-            f"budget: ${spent.dollars:.4f} spent + ${coming.dollars:.4f} forecast for {what} "
-            f"would pass budget.max_dollars ${budget.max_dollars:.4f}"
-        )
-    if budget.max_device_hours is not None and spent.device_hours + coming.device_hours > budget.max_device_hours:
-        return (
-            f"budget: {spent.device_hours:.4f} device-hours spent + {coming.device_hours:.4f} forecast for {what} "
-            f"would pass budget.max_device_hours {budget.max_device_hours:.4f}"
-        )
-    return None
+    """Why `coming` must not start (one line), or None if the budget (and the pool it shares) allows it."""
+    verdict = _over(budget.max_dollars, budget.max_device_hours, spent, coming, what, "budget")
+    pool = budget.pool
+    if verdict is not None or pool is None:
+        return verdict
+    reserve = Usage(coming.device_hours * pool.concurrent, coming.dollars * pool.concurrent)
+    more = f"{what}, and as much for each of {pool.concurrent} at once" if pool.concurrent > 1 else what
+    return _over(pool.max_dollars, pool.max_device_hours, spent + pool.others_spent(), reserve, more, pool.name)
 
 
 def check_epoch(
