@@ -20,6 +20,7 @@ from orchestrator.evaluation_job import run_evaluation
 from orchestrator.plan import Plan
 from orchestrator.profile_job import forecast_job
 from orchestrator.run_monitor import RunMonitor, logged
+from orchestrator.tracking import RunTracker, close_tracker, log_new_epochs, open_tracker
 from orchestrator.training_job import run_training
 from workers.constraint import best_subnet
 from workers.data.datasets import index_of
@@ -126,7 +127,21 @@ def execute(
     hold: AbstractContextManager | None = None,
 ) -> RunOutcome:
     """Run the plan's stages on `cluster` (entered here, inside `hold`: the devices' held time); the run must
-    have been announced."""
+    have been announced. Its MLflow record is kept as it goes (`orchestrator/tracking.py`)."""
+    tracker = open_tracker(plan)
+    try:
+        return _execute(plan, cluster, echo, hold, tracker)
+    finally:
+        close_tracker(tracker)
+
+
+def _execute(
+    plan: Plan,
+    cluster: AbstractContextManager,
+    echo: Callable[[str], None],
+    hold: AbstractContextManager | None,
+    tracker: RunTracker | None,
+) -> RunOutcome:
     files = plan.files
     begin_submission(files)  # this process owns the run now; an old cancel or stop no longer applies
     clear_stop(files)
@@ -149,8 +164,9 @@ def execute(
             state = new
             write_state(files, state)
 
+    monitor = RunMonitor(plan, echo, on_forecast=forecast_measured, on_epochs=lambda: log_new_epochs(tracker))
     try:
-        with hold or nullcontext(), cluster, RunMonitor(plan, echo, on_forecast=forecast_measured):
+        with hold or nullcontext(), cluster, monitor:
             alloc = plan.training
             if measure is not None:
                 enter(RunState.FORECASTING)

@@ -137,6 +137,7 @@ class Plan:
                 "devices_per_worker": self.evaluation.devices,
             },
             "budget": spec.budget.model_dump(mode="json"),
+            "trial_values": spec.trial_values,
         }
 
     def fingerprint(self) -> str:

@@ -76,13 +76,15 @@ class RunMonitor:
         echo: Callable[[str], None],
         poll_seconds: float = POLL_SECONDS,
         on_forecast: Callable[[Forecast], None] | None = None,
+        on_epochs: Callable[[], None] | None = None,
     ) -> None:
         """`echo` shows a line to the user and appends it to the run's log (see `logged`).
 
         `on_forecast` is called once a forecast newer than the one the run had is recorded (measured by the
-        run's first training job).
+        run's first training job); `on_epochs` whenever new ledger rows have landed.
         """
         self.plan, self.echo, self.poll_seconds, self.on_forecast = plan, echo, poll_seconds, on_forecast
+        self.on_epochs = on_epochs
         self.files = plan.files
         self.store = RunStore(self.files)
         known = load_forecast(self.files)
@@ -129,6 +131,8 @@ class RunMonitor:
         for row in rows:
             self.files.append_log(epoch_line(status.run, status.epochs_total, row))
             self._logged_epochs.add((row["epoch"], row["finished_at"]))
+        if rows and self.on_epochs is not None:
+            self.on_epochs()
         key = (status.state, status.epochs_done, status.subnets_done)
         if show and key != self._shown:
             self._shown = key

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.sweep_spec import SweepSpec
 from orchestrator.sweep_trials import sweep_trials, with_values
+from orchestrator.tracking_spec import TrackingSpec
 from workers.data.spec import DatasetSpec
 from workers.evaluation_spec import EvaluationSpec
 from workers.job import WorkerSpec
@@ -246,6 +247,10 @@ class JobSpec(Section):
     budget: BudgetSpec = BudgetSpec()
     forecast: ForecastSpec = ForecastSpec()
     sweep: SweepSpec | None = Field(None, description="vary spec fields over trials, each an ordinary run (Ray Tune)")
+    tracking: TrackingSpec = TrackingSpec()
+    trial_values: dict[str, float | int | str | bool] | None = Field(
+        None, description="set on a sweep's trials: the values this trial gives the swept spec paths"
+    )
 
     @field_validator("run", "group")
     @classmethod
@@ -310,7 +315,11 @@ class JobSpec(Section):
         members = [str(run_dir_for(self.storage.root, t.name).resolve()) for t in trials]
         specs = []
         for trial, own in zip(trials, members):
-            trial_data = with_values(data, trial.values) | {"run": trial.name, "group": group}
+            trial_data = with_values(data, trial.values) | {
+                "run": trial.name,
+                "group": group,
+                "trial_values": trial.values,
+            }
             validation = trial_data["evaluation"].setdefault("validation", {})
             validation |= {"enabled": True, "images": sweep.validation_images}
             if sweep.budget.limited:

@@ -62,7 +62,7 @@ def _dry_run(submission: Submission, measure: bool) -> dict:
             forecasts = dry_run_forecasts(submission.plans, cluster)
         for run, forecast in zip(described, forecasts):
             run["forecast"] = forecast
-    if submission.spec.methods is None:
+    if submission.spec.methods is None and submission.spec.sweep is None:
         return described[0]
     shown = {"comparison": submission.name, "runs": described}
     if measure and all(isinstance(run.get("forecast"), dict) for run in described):

@@ -35,11 +35,12 @@ def test_every_jobspec_passes_submit_dry_run(name, tiny_data, tmp_path, capsys):
         args += ["--set", f"dataset.root={tiny_data[spec.dataset.name]}", "--set", "dataset.batch_size=1"]
     assert main(args) == 0, capsys.readouterr().err
     described = yaml.safe_load(capsys.readouterr().out)
-    plans = described["runs"] if spec.methods is not None else [described]
+    several = spec.methods is not None or spec.sweep is not None
+    plans = described["runs"] if several else [described]
     assert [p["run"] for p in plans] == [r.run for r in spec.runs()]
     for plan, run in zip(plans, spec.runs()):
         assert plan["stages"] and plan["phases"] and plan["method"]["name"] == run.method.name
-        if spec.methods is not None:
+        if several:
             assert plan["group"] == described["comparison"] == spec.run
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 

@@ -70,8 +70,9 @@ def test_two_trials_run_at_once_each_an_ordinary_run_grouped_under_the_sweep(tmp
     # Both trials' rows in one results dataset, one group.
     table = results_dataset(root, "epochs").to_table().to_pylist()
     assert sorted({r["run"] for r in table}) == runs and {r["group"] for r in table} == {"two"}
-    compared = deps_orch("compare", "--group", "two", "--root", str(root), "--format", "json", "--no-plots")
+    compared = deps_orch("compare", "--group", "two", "--root", str(root), "--format", "json")
     assert compared.returncode == 0 and [r["run"] for r in json.loads(compared.stdout)["runs"]] == runs
+    assert (root / "_compare" / "two" / "sweep.png").stat().st_size > 10_000  # the metric and $ per trial
 
 
 def test_asha_stops_the_clearly_worse_trial_after_its_grace_period_and_keeps_its_ledger(tmp_path):

@@ -56,6 +56,8 @@ class RunResults:
     latency_devices: tuple[str, ...]
     mac_range: tuple[int, int] | None  # the supernet's, from the plan
     num_classes: int | None
+    trial_values: dict | None = None  # a sweep trial's values of the swept spec paths
+    final_metrics: dict | None = None  # the last epoch's per-epoch metric (val_top1, val_top1_smallest), if taken
 
 
 @dataclass
@@ -77,6 +79,8 @@ def load_run(run_dir: Path) -> RunResults:
     subnets = read_run_table(run_dir, "subnets", columns).to_pylist()
     timed = [r for r in subnets if r["latency_ms"] is not None]
     costs = run_costs(run_dir)
+    epochs = read_run_table(run_dir, "epochs", ["epoch", "val_top1", "val_top1_smallest"]).to_pylist()
+    last = max(epochs, key=lambda r: r["epoch"]) if epochs else None
     return RunResults(
         name=costs["run"],
         run_dir=run_dir,
@@ -88,6 +92,8 @@ def load_run(run_dir: Path) -> RunResults:
         latency_devices=tuple(sorted({r["latency_device"] for r in timed})),
         mac_range=plan.mac_range if plan is not None else None,
         num_classes=plan.num_classes if plan is not None else None,
+        trial_values=plan.trial_values if plan is not None else None,
+        final_metrics={k: v for k, v in last.items() if k != "epoch"} if last else None,
     )
 
 

@@ -8,6 +8,9 @@
 - gradients.png: per layer, the l2 norm of the full-model-only, shrinking and ε-shrinking gradients, and the
   latter two's cosine similarity with the first (DepS Fig. 3).
 
+- sweep.png: for a sweep's trials, the last per-epoch top-1 and the dollars of each trial against each swept
+  parameter (a cross marks a trial stopped early).
+
 Each plot is skipped when no run has its data. Files are written atomically.
 """
 
@@ -226,6 +229,49 @@ def plot_gradients(comparison: Comparison, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_sweep(comparison: Comparison, path: Path) -> Path | None:
+    """Per swept parameter: each trial's last per-epoch top-1 and its dollars against the parameter's value."""
+    trials = [(r, row) for r, row in zip(comparison.runs, comparison.rows) if r.trial_values]
+    if not trials:
+        return None
+    parameters = sorted({p for r, _ in trials for p in r.trial_values})
+    fig = Figure(figsize=(5.2 * len(parameters), 4.4))
+    for k, parameter in enumerate(parameters):
+        ax = fig.add_subplot(1, len(parameters), k + 1)
+        dollars_ax = ax.twinx()
+        points = sorted(
+            ((r.trial_values[parameter], r, row) for r, row in trials if parameter in r.trial_values),
+            key=lambda t: (str(type(t[0])), t[0]),
+        )
+        xs = [x if isinstance(x, (int, float)) else str(x) for x, _, _ in points]
+        top1 = [(r.final_metrics or {}).get("val_top1") for _, r, _ in points]
+        dollars = [row["total_dollars"] for _, _, row in points]
+        stopped = [row["state"] == "STOPPED_EARLY" for _, _, row in points]
+        for x, y, early in zip(xs, top1, stopped):
+            if y is not None:
+                ax.scatter([x], [y], color=COLOURS[0], marker="x" if early else "o", s=40)
+        dollars_ax.bar(
+            range(len(xs)) if not all(isinstance(x, (int, float)) for x in xs) else xs,
+            dollars,
+            width=_bar_width(xs),
+            color=COLOURS[1],
+            alpha=0.25,
+        )
+        ax.set_xlabel(parameter)
+        ax.set_ylabel("val top-1 at the last epoch (%); x: stopped early", color=COLOURS[0])
+        dollars_ax.set_ylabel("dollars (training + evaluation)", color=COLOURS[1])
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Sweep: {comparison.title}")
+    return _save(fig, path)
+
+
+def _bar_width(xs: list) -> float:
+    numbers = sorted({x for x in xs if isinstance(x, (int, float))})
+    if len(numbers) < 2 or len(numbers) != len(xs):
+        return 0.6
+    return 0.6 * min(b - a for a, b in zip(numbers, numbers[1:]))
+
+
 def write_plots(comparison: Comparison, out_dir: Path, heatmap_epochs: Sequence[int] | None = None) -> list[Path]:
     """Every plot there is data for, into `out_dir`; returns the files written."""
     written = [
@@ -234,5 +280,6 @@ def write_plots(comparison: Comparison, out_dir: Path, heatmap_epochs: Sequence[
         plot_costs(comparison, out_dir / "cost.png"),
         plot_class_correlation(comparison, out_dir / "class_correlation.png", heatmap_epochs),
         plot_gradients(comparison, out_dir / "gradients.png"),
+        plot_sweep(comparison, out_dir / "sweep.png"),
     ]
     return [p for p in written if p is not None]

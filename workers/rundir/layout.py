@@ -39,6 +39,11 @@ class RunDir:
         return self.path / "worker_spec.json"
 
     @property
+    def tracking(self) -> Path:
+        """Where the run's MLflow record is (`orchestrator/tracking.py`): its URI, run id and epochs logged."""
+        return self.path / "tracking.json"
+
+    @property
     def latency_table(self) -> Path:
         """The per-block latency lookup table measured on one device (`workers/latency.py`)."""
         return self.path / "latency_table.json"

@@ -40,6 +40,7 @@ class PlanRecord:
     budget: BudgetSpec
     mac_range: tuple[int, int] | None  # the supernet's smallest and largest subnet
     num_classes: int | None
+    trial_values: dict | None = None  # a sweep trial's values of the swept spec paths
 
     @property
     def epochs(self) -> int:
@@ -67,6 +68,7 @@ class PlanRecord:
             budget=BudgetSpec.model_validate(data.get("budget") or {}),
             mac_range=(int(lo), int(hi)) if isinstance(lo, int) and isinstance(hi, int) else None,
             num_classes=dataset.get("classes"),
+            trial_values=data.get("trial_values"),
         )
 
     @classmethod
