@@ -245,11 +245,14 @@ def plot_sweep(comparison: Comparison, path: Path) -> Path | None:
         )
         xs = [x if isinstance(x, (int, float)) else str(x) for x, _, _ in points]
         top1 = [(r.final_metrics or {}).get("val_top1") for _, r, _ in points]
+        smallest = [(r.final_metrics or {}).get("val_top1_smallest") for _, r, _ in points]
         dollars = [row["total_dollars"] for _, _, row in points]
         stopped = [row["state"] == "STOPPED_EARLY" for _, _, row in points]
-        for x, y, early in zip(xs, top1, stopped):
-            if y is not None:
-                ax.scatter([x], [y], color=COLOURS[0], marker="x" if early else "o", s=40)
+        for i, (x, early) in enumerate(zip(xs, stopped)):
+            for values, colour, label in ((top1, COLOURS[0], "largest"), (smallest, COLOURS[2], "smallest")):
+                if values[i] is not None:
+                    marker = "x" if early else "o"
+                    ax.scatter([x], [values[i]], color=colour, marker=marker, s=40, label=label if i == 0 else None)
         dollars_ax.bar(
             range(len(xs)) if not all(isinstance(x, (int, float)) for x in xs) else xs,
             dollars,
@@ -257,8 +260,11 @@ def plot_sweep(comparison: Comparison, path: Path) -> Path | None:
             color=COLOURS[1],
             alpha=0.25,
         )
+        ax.set_zorder(dollars_ax.get_zorder() + 1)  # the points over the bars
+        ax.patch.set_visible(False)
+        ax.legend(loc="lower left", fontsize=8, title="subnet")
         ax.set_xlabel(parameter)
-        ax.set_ylabel("val top-1 at the last epoch (%); x: stopped early", color=COLOURS[0])
+        ax.set_ylabel("val top-1 at the last epoch (%); x: stopped early")
         dollars_ax.set_ylabel("dollars (training + evaluation)", color=COLOURS[1])
         ax.grid(alpha=0.3)
     fig.suptitle(f"Sweep: {comparison.title}")
