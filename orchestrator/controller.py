@@ -20,7 +20,7 @@ from orchestrator.evaluation_job import run_evaluation
 from orchestrator.plan import Plan
 from orchestrator.profile_job import forecast_job
 from orchestrator.run_monitor import RunMonitor, logged
-from orchestrator.tracking import RunTracker, close_tracker, log_new_epochs, open_tracker
+from orchestrator.tracking import TrackedRun, log_new_epochs, open_tracker
 from orchestrator.training_job import run_training
 from workers.constraint import best_subnet
 from workers.data.datasets import index_of
@@ -107,6 +107,17 @@ def describe_best(plan: Plan) -> str:
     )
 
 
+def stopped_as(plan: Plan, error: BaseException | None) -> RunState:
+    """The state a run ends in when `error` (or nothing) leaves its stages, as `execute` will write it."""
+    if error is None:
+        return RunState.SUCCEEDED
+    if isinstance(error, RunStopped):
+        return error.record.state
+    if isinstance(error, KeyboardInterrupt):
+        return RunState.CANCELLED if cancel_request(plan.files) is not None else RunState.INTERRUPTED
+    return RunState.FAILED
+
+
 def check_before_evaluation(plan: Plan) -> None:
     """Raise RunStopped if a cancel was requested, or the budget cannot pay for the evaluation still to do."""
     reason = cancel_request(plan.files)
@@ -127,21 +138,9 @@ def execute(
     hold: AbstractContextManager | None = None,
 ) -> RunOutcome:
     """Run the plan's stages on `cluster` (entered here, inside `hold`: the devices' held time); the run must
-    have been announced. Its MLflow record is kept as it goes (`orchestrator/tracking.py`)."""
+    have been announced. Its MLflow record is kept as it goes (`orchestrator/tracking.py`) and closed while the
+    devices are still held (its plots take a moment, which the run pays for)."""
     tracker = open_tracker(plan)
-    try:
-        return _execute(plan, cluster, echo, hold, tracker)
-    finally:
-        close_tracker(tracker)
-
-
-def _execute(
-    plan: Plan,
-    cluster: AbstractContextManager,
-    echo: Callable[[str], None],
-    hold: AbstractContextManager | None,
-    tracker: RunTracker | None,
-) -> RunOutcome:
     files = plan.files
     begin_submission(files)  # this process owns the run now; an old cancel or stop no longer applies
     clear_stop(files)
@@ -166,7 +165,7 @@ def _execute(
 
     monitor = RunMonitor(plan, echo, on_forecast=forecast_measured, on_epochs=lambda: log_new_epochs(tracker))
     try:
-        with hold or nullcontext(), cluster, monitor:
+        with hold or nullcontext(), cluster, monitor, TrackedRun(tracker, stopped_as):
             alloc = plan.training
             if measure is not None:
                 enter(RunState.FORECASTING)

@@ -28,6 +28,7 @@ from orchestrator.reports.cost_report import COLUMNS, run_costs
 from orchestrator.reports.table import render
 from orchestrator.spec import JobSpec
 from orchestrator.sweep_spec import SweepSpec
+from orchestrator.tracking import prepare_store
 from workers.rundir.budget import budget_verdict
 from workers.rundir.forecast import load_forecast
 from workers.rundir.pricing import Usage
@@ -183,6 +184,7 @@ def run_sweep(spec: JobSpec, plans: list[Plan], cluster: AbstractContextManager,
     started = time.time()
     # A trial the budget stopped, or never started, ends with a result that has no metric to report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    prepare_store(plans[0])
     with cluster:
         concurrent = concurrent_trials(sweep, plans, ray.cluster_resources().get("CPU", 1.0))
         console.echo(f"[{name}] sweeping {len(plans)} trials, {concurrent} at a time, on Ray Tune")

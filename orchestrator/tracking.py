@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.plan import Plan
 from orchestrator.reports.compare import compare
 from orchestrator.reports.plots import write_plots
-from workers.rundir.state import read_state
+from workers.rundir.state import RunState
 from workers.rundir.tables import RunStore
 
 LOCAL_STORE = "_mlflow"
@@ -103,6 +103,16 @@ class RunTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def prepare_store(plan: Plan) -> None:
+    """Create the store's tables now, in one process: trials opening a new SQLite store at once would race."""
+    if not plan.spec.tracking.enabled:
+        return
+    try:
+        MlflowClient(tracking_uri=tracking_uri(plan)[0]).search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - each run says so itself when it cannot record
+        plan.files.append_log(f"[{plan.spec.run}] tracking: the store did not open: {type(error).__name__}: {error}")
+
+
 def open_tracker(plan: Plan) -> RunTracker | None:
     """The run's record, opened (or reopened) for this submission; None if tracking is off or unreachable."""
     if not plan.spec.tracking.enabled:
@@ -123,14 +133,23 @@ def log_new_epochs(tracker: RunTracker | None) -> None:
         tracker.files.append_log(f"[{tracker.plan.spec.run}] tracking: {type(error).__name__}: {error}")
 
 
-def close_tracker(tracker: RunTracker | None) -> None:
-    """The epochs not logged yet, the run's plots and its final state."""
-    if tracker is None:
-        return
-    log_new_epochs(tracker)
-    try:
-        record = read_state(tracker.files)
-        plots = write_plots(compare([tracker.plan.run_dir]), tracker.plan.run_dir / "plots")
-        tracker.finish(record.state.value if record is not None else "UNKNOWN", plots)
-    except Exception as error:  # noqa: BLE001
-        tracker.files.append_log(f"[{tracker.plan.spec.run}] tracking: {type(error).__name__}: {error}")
+class TrackedRun:
+    """Closes the record as the run's stages end: the epochs not logged yet, the run's plots, the state it ends in
+    (`state_of(plan, the exception leaving the stages or None)`)."""
+
+    def __init__(self, tracker: RunTracker | None, state_of: Callable[[Plan, BaseException | None], RunState]) -> None:
+        self.tracker, self.state_of = tracker, state_of
+
+    def __enter__(self) -> TrackedRun:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            return
+        log_new_epochs(tracker)
+        try:
+            plots = write_plots(compare([tracker.plan.run_dir]), tracker.plan.run_dir / "plots")
+            tracker.finish(self.state_of(tracker.plan, error).value, plots)
+        except Exception as failure:  # noqa: BLE001
+            tracker.files.append_log(f"[{tracker.plan.spec.run}] tracking: {type(failure).__name__}: {failure}")

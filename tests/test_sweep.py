@@ -65,6 +65,8 @@ def test_two_trials_run_at_once_each_an_ordinary_run_grouped_under_the_sweep(tmp
         assert all(r["val_top1_smallest"] is not None for r in rows)
         assert json.loads((root / run / "state.json").read_text())["state"] == "SUCCEEDED"
         assert len(pq.read_table(root / run / "subnets.parquet")) == 2  # evaluated, as any run
+        assert json.loads((root / run / "tracking.json").read_text())["logged_epochs"] == 2  # its MLflow record
+        assert "tracking:" not in (root / run / "run.log").read_text()  # no store error, though both logged at once
     (a_start, a_end), (b_start, b_end) = (_span(rows) for rows in ledgers.values())
     assert a_start < b_end and b_start < a_end  # their training overlapped
     # Both trials' rows in one results dataset, one group.
