@@ -63,20 +63,17 @@ class TrialRun(tune.Trainable):
         except BaseException as error:  # noqa: BLE001 - reported by step() as the trial's error
             self.error = error
 
-    def _rows(self) -> list[dict]:
-        return [r for r in RunStore(self.plan.files).epoch_rows() if r["epoch"] > self.reported]
-
     def step(self) -> dict:
         last_epoch = self.plan.phases[-1][2]
         while True:
-            rows = self._rows()
-            if rows:
-                row = rows[0]
+            ledger = RunStore(self.plan.files).epoch_rows()
+            row = next((r for r in ledger if r["epoch"] > self.reported), None)
+            if row is not None:
                 self.reported = row["epoch"]
                 if row["epoch"] == last_epoch:  # the run evaluates next: the trial is done when it has
                     self.thread.join()
                     self._raise_if_failed()
-                return _result(self.plan, row, done=row["epoch"] == last_epoch)
+                return _result(ledger, row, done=row["epoch"] == last_epoch)
             if not self.thread.is_alive():
                 self._raise_if_failed()
                 state = read_state(self.plan.files)  # it stopped before its last epoch (or never started)
@@ -121,8 +118,9 @@ def no_room_to_start(plan: Plan) -> str | None:
     return budget_verdict(budget, Usage(), coming, f"trial {plan.spec.run}'s set-up, forecast and first epoch")
 
 
-def _result(plan: Plan, row: dict, done: bool) -> dict:
-    spent = RunStore(plan.files).epochs().column("dollars").to_pylist()
+def _result(ledger: list[dict], row: dict, done: bool) -> dict:
+    """Tune's result for `row`'s epoch: its metric, and the dollars of the epochs up to it."""
+    spent = [r["dollars"] for r in ledger if r["epoch"] <= row["epoch"]]
     return {
         "epoch": row["epoch"] + 1,
         "val_top1": row["val_top1"],
