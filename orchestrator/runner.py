@@ -7,23 +7,19 @@ its outcome and the cost table; library output goes to the run's log.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 
 from orchestrator.console import QuietConsole
 from orchestrator.controller import RunFailed, RunOutcome, announce, execute
+from orchestrator.device_holds import device_hold, held_since
 from orchestrator.plan import Plan
 from orchestrator.reports.cost_report import COLUMNS, run_costs
 from orchestrator.reports.table import render
 from orchestrator.spec import JobSpec
-from orchestrator.sweep import run_sweep
-from workers.rundir.holds import DeviceHold, HoldOwner
+from orchestrator.tune_runs import TrialSettings, cluster_resources, run_sweep, run_trials, runs_at_once
 from workers.rundir.state import RunState, read_state
-
-# Set by whatever started this process inside an allocation it holds already (the Slurm job): since when.
-HELD_SINCE_ENV = "DEPS_ORCH_HELD_SINCE"
 
 
 @dataclass(frozen=True)
@@ -51,26 +47,6 @@ class Submission:
 STOPPED_EXIT = {RunState.BUDGET_EXHAUSTED: 3, RunState.TIME_LIMIT: 75, RunState.CANCELLED: 130}
 
 
-def held_since() -> float | None:
-    """When this process's devices began to be held, if before it started (else: from now)."""
-    value = os.environ.get(HELD_SINCE_ENV)
-    return float(value) if value else None
-
-
-def device_hold(plan: Plan, kind: str, since: float | None) -> DeviceHold:
-    alloc = plan.training
-    owner = HoldOwner(
-        run=plan.spec.run,
-        method=plan.method,
-        group=plan.spec.group,
-        kind=kind,
-        devices=alloc.devices,
-        device_type=alloc.price.device_type,
-        price_per_device_hour=alloc.price.per_device_hour,
-    )
-    return DeviceHold(plan.files, owner, since)
-
-
 def run_here(submission: Submission, cluster: AbstractContextManager, hold_kind: str = "ray cluster") -> int:
     """Run every plan of the submission on `cluster`; returns the exit code of `deps-orch submit`.
 
@@ -84,7 +60,7 @@ def run_here(submission: Submission, cluster: AbstractContextManager, hold_kind:
     console = QuietConsole(plans[0].files, submission.verbose)
     with console:
         if submission.spec.sweep is not None:
-            return run_sweep(submission.spec, plans, cluster, console)
+            return run_sweep(submission.spec, plans, cluster, console, hold_kind, held_since() or time.time())
         if submission.spec.methods is None:
             return _one(submission, cluster, console, hold_kind)
         return _comparison(submission, cluster, console, hold_kind)
@@ -125,7 +101,8 @@ def _report(outcome: RunOutcome, run: str, label: str, seconds: float, run_dirs:
 
 
 def _comparison(submission: Submission, cluster: AbstractContextManager, console: QuietConsole, hold_kind: str) -> int:
-    """One run per method, one after another on one cluster, then their costs side by side."""
+    """One run per method on one cluster, then their costs side by side: as Ray Tune trials, several at once,
+    where the cluster fits more than one run (and `max_concurrent` allows), else one after another."""
     plans, name = submission.plans, submission.name
     console.echo(f"[{name}] comparing {', '.join(p.spec.run for p in plans)}")
     started = time.time()
@@ -139,6 +116,11 @@ def _comparison(submission: Submission, cluster: AbstractContextManager, console
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 console.error(f"deps-orch: error: comparison {name}: the cluster did not start: {first_line}")
                 return 1
+            at_once = runs_at_once(plans, cluster_resources(), submission.spec.max_concurrent)
+            if at_once > 1:
+                experiment = plans[0].run_dir.parent.resolve() / "_comparisons" / name
+                settings = TrialSettings(name=name, kind="comparison", experiment=experiment, restore=False)
+                return run_trials(plans, settings, at_once, console, hold_kind, since, last_hold)
             for index, plan in enumerate(plans):
                 console.target = plan.files
                 hold = device_hold(plan, hold_kind, since if index == 0 else time.time())

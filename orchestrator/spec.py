@@ -239,6 +239,11 @@ class JobSpec(Section):
         None, description="several methods (configs, or names for their defaults): one run each, `<run>-<method>`"
     )
     group: str | None = Field(None, description="comparison name; `methods:` sets it to the run name")
+    max_concurrent: int | None = Field(
+        None,
+        ge=1,
+        description="methods: runs at once, as Ray Tune trials (default: as many as the cluster fits; 1: in turn)",
+    )
     optimizer: OptimizerSpec = OptimizerSpec()
     cluster: ClusterSpec = ClusterSpec()
     cost: CostSpec = CostSpec()
@@ -289,6 +294,8 @@ class JobSpec(Section):
                 if not RUN_NAME.match(run):
                     raise ValueError(f"methods[{i}]: run name {run!r} is too long or not a run name")
                 seen[run] = i
+        elif self.max_concurrent is not None:
+            raise ValueError("max_concurrent: runs a methods: comparison's runs at once; this spec has one method")
         return self
 
     @model_validator(mode="after")
@@ -297,6 +304,8 @@ class JobSpec(Section):
             return self
         if self.methods is not None:
             raise ValueError("sweep: varies one method's spec; give method, not methods")
+        if self.max_concurrent is not None:
+            raise ValueError("max_concurrent: a sweep's is sweep.max_concurrent")
         try:
             self._trial_specs()
         except ValidationError as error:
@@ -362,7 +371,13 @@ class JobSpec(Section):
         group = self.group or self.run
         return [
             self.model_copy(
-                update={"run": f"{self.run}-{config.run_label()}", "method": config, "methods": None, "group": group}
+                update={
+                    "run": f"{self.run}-{config.run_label()}",
+                    "method": config,
+                    "methods": None,
+                    "group": group,
+                    "max_concurrent": None,
+                }
             )
             for config in self.methods
         ]

@@ -178,3 +178,45 @@ def test_a_groups_dry_run_projects_its_table_and_times_shared_work_once(tmp_path
     table = [line for line in dry.stdout.splitlines() if line.startswith("# ")]
     assert table[0] == "# projected: projected" and "dev-min/epoch" in table[1] and len(table) == 5
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_a_comparison_the_cluster_fits_twice_runs_both_methods_at_once_as_tune_trials(tmp_path):
+    # One worker a run on the embedded 2-CPU cluster: both runs at once, each an ordinary run with its own hold.
+    methods = [
+        {"name": "deps", "epochs": 2, "warmup_fraction": 0.5, "eps_ramp_epochs": 1, "subnets_per_step": 2},
+        {"name": "bignas", "epochs": 2, "subnets_per_step": 2},
+    ]
+    cluster = {"num_workers": 1, "backend": "local", "address": None}
+    path = _write(tmp_path, "both", methods, cluster=cluster)
+    root = tmp_path / "runs"
+    done = deps_orch("submit", str(path), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[both] comparison: 2 runs, 2 at a time, on Ray Tune" in done.stdout
+    assert "[both] 2 runs in" in done.stdout and "2 finished, 0 stopped early" in done.stdout
+    runs = ["both-deps", "both-bignas"]
+    spans = []
+    for run in runs:
+        ledger = _ledger(root / run)
+        assert list(ledger.epoch) == [0, 1] and set(ledger.group) == {"both"}
+        assert json.loads((root / run / "state.json").read_text())["state"] == "SUCCEEDED"
+        assert len(pq.read_table(root / run / "subnets.parquet")) == 2
+        start = (ledger.finished_at - pd.to_timedelta(ledger.wall_seconds, unit="s")).min()
+        spans.append((start, ledger.finished_at.max()))
+    (a_start, a_end), (b_start, b_end) = spans
+    assert a_start < b_end and b_start < a_end  # their training overlapped
+    report = deps_orch("cost-report", "both", "--root", str(root), "--format", "json")
+    rows = {r["run"]: r for r in json.loads(report.stdout)}
+    for run in runs:
+        assert_held_time_adds_up(root / run, rows[run], "local cluster")
+    holds = pq.read_table(root / "both-deps" / "holds.parquet").to_pandas()
+    assert list(holds.devices) == [2, 1]  # the cluster's start (both runs' devices), then its own trial
+    compared = deps_orch("compare", "--group", "both", "--root", str(root), "--format", "json")
+    assert compared.returncode == 0 and sorted(r["run"] for r in json.loads(compared.stdout)["runs"]) == sorted(runs)
+
+    # Submitted again: each run finds itself finished; nothing is trained or written twice.
+    before = {run: _ledger(root / run) for run in runs}
+    again = deps_orch("submit", str(path), timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for run in runs:
+        pd.testing.assert_frame_equal(_ledger(root / run), before[run])
+        assert len(pq.read_table(root / run / "subnets.parquet")) == 2

@@ -14,6 +14,7 @@ import yaml
 
 from orchestrator.storage.dataset import results_dataset
 from tests.conftest import deps_orch, deps_orch_in_background
+from tests.held_time import assert_held_time_adds_up
 
 pytestmark = pytest.mark.ray
 
@@ -55,7 +56,7 @@ def test_two_trials_run_at_once_each_an_ordinary_run_grouped_under_the_sweep(tmp
     path, root = _spec(tmp_path, "two", sweep, epochs=2)
     done = deps_orch("submit", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "[two] sweeping 2 trials, 2 at a time, on Ray Tune" in done.stdout
+    assert "[two] sweep: 2 trials, 2 at a time, on Ray Tune" in done.stdout
     assert "2 finished, 0 stopped early, 0 stopped by the budget, 0 failed" in done.stdout
     runs = ["two-t0-warmup_fraction0", "two-t1-warmup_fraction0.5"]
     ledgers = {run: pq.read_table(root / run / "epochs.parquet").to_pylist() for run in runs}
@@ -75,6 +76,11 @@ def test_two_trials_run_at_once_each_an_ordinary_run_grouped_under_the_sweep(tmp
     compared = deps_orch("compare", "--group", "two", "--root", str(root), "--format", "json")
     assert compared.returncode == 0 and [r["run"] for r in json.loads(compared.stdout)["runs"]] == runs
     assert (root / "_compare" / "two" / "sweep.png").stat().st_size > 10_000  # the metric and $ per trial
+    # Every trial priced by its held time, as any run: useful + overhead + lost is what its devices were held.
+    report = deps_orch("cost-report", "two", "--root", str(root), "--format", "json")
+    costs = {r["run"]: r for r in json.loads(report.stdout)}
+    for run in runs:
+        assert_held_time_adds_up(root / run, costs[run], "local cluster")
 
 
 def test_asha_stops_the_clearly_worse_trial_after_its_grace_period_and_keeps_its_ledger(tmp_path):

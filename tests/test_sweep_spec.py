@@ -7,9 +7,9 @@ import yaml
 
 from orchestrator.errors import UserError
 from orchestrator.spec_file import load_spec
-from orchestrator.sweep import concurrent_trials
 from orchestrator.sweep_spec import SweepSpec
 from orchestrator.sweep_trials import sweep_trials, with_values
+from orchestrator.tune_runs import runs_at_once
 
 BASE = {
     "run": "sw",
@@ -81,10 +81,38 @@ def test_a_sweep_at_fault_is_one_line_naming_the_field(tmp_path, sweep, extra, m
 def test_no_more_trials_run_at_once_than_the_cluster_fits(tmp_path):
     spec = _load(tmp_path, {"parameters": {"optimizer.lr": {"grid": [0.1, 0.2, 0.3]}}})
     plans = [type("P", (), {"spec": r})() for r in spec.runs()]
-    assert concurrent_trials(spec.sweep, plans, cluster_cpus=2.0) == 2
-    assert concurrent_trials(spec.sweep, plans, cluster_cpus=16.0) == 3
-    assert concurrent_trials(spec.sweep.model_copy(update={"max_concurrent": 1}), plans, 16.0) == 1
-    assert concurrent_trials(spec.sweep, plans, cluster_cpus=0.5) == 1
+    assert runs_at_once(plans, {"CPU": 2.0}, spec.sweep.max_concurrent) == 2
+    assert runs_at_once(plans, {"CPU": 16.0}, None) == 3
+    assert runs_at_once(plans, {"CPU": 16.0}, 1) == 1
+    assert runs_at_once(plans, {"CPU": 0.5}, None) == 1
+
+
+def test_a_comparison_runs_as_many_methods_at_once_as_the_gpus_and_cpus_fit(tmp_path):
+    path = tmp_path / "methods.yaml"
+    gpu = {"num_workers": 4, "cpus_per_worker": 2, "gpus_per_worker": 1, "accelerator": "A100"}
+    path.write_text(yaml.safe_dump({**BASE, "method": None, "methods": ["deps", "ofa", "bignas"], "cluster": gpu}))
+    spec = load_spec(path)
+    plans = [type("P", (), {"spec": r})() for r in spec.runs()]
+    assert runs_at_once(plans, {"CPU": 64.0, "GPU": 8.0}, None) == 2  # 4 GPUs a run: the GPUs decide
+    assert runs_at_once(plans, {"CPU": 8.0, "GPU": 16.0}, None) == 1  # 8 CPUs a run: the CPUs do
+    assert runs_at_once(plans, {"CPU": 64.0, "GPU": 16.0}, None) == 3  # no more than the runs
+    assert runs_at_once(plans, {"CPU": 64.0, "GPU": 16.0}, 2) == 2
+    assert runs_at_once(plans, {"CPU": 64.0}, None) == 1  # no GPU in the cluster: one at a time, never zero
+    assert all(r.max_concurrent is None for r in spec.runs())  # a member is one run
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"max_concurrent": 2}, "max_concurrent"),  # one method: nothing to run at once
+        ({"max_concurrent": 0, "method": None, "methods": ["deps", "ofa"]}, "max_concurrent"),
+    ],
+)
+def test_max_concurrent_belongs_to_a_methods_comparison(tmp_path, extra, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **extra}))
+    with pytest.raises(UserError, match=field):
+        load_spec(path)
 
 
 def test_with_values_sets_dotted_paths_on_a_copy():

@@ -39,6 +39,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,14 +51,16 @@ from orchestrator.backends.attached import EXPECTED_NODES_ENV, NODES_TIMEOUT_ENV
 from orchestrator.backends.ray_node import RayNode, free_port, start_command, start_node, visible_gpus
 from orchestrator.backends.remote import cluster_python, remote_spec_json
 from orchestrator.backends.sbatch import submitit_parameters
+from orchestrator.device_holds import HELD_SINCE_ENV
 from orchestrator.ray_env import prepare_ray_environment
-from orchestrator.runner import HELD_SINCE_ENV, STOPPED_EXIT
+from orchestrator.runner import STOPPED_EXIT
 from orchestrator.spec import JobSpec
 from workers.rundir.layout import read_json, write_json
 from workers.rundir.state import RunState
 from workers.rundir.time_limit import END_TIME_ENV, STOP_MARGIN_SECONDS, write_notice
 
 JOB_FILE = "job.json"
+SIGTERM_LINE = b"[slurm] stopped by SIGTERM (scancel, or a preemption Slurm requeues itself)\n"
 # Exit code of a task whose driver was stopped by SIGTERM: no submitit result, so a requeue is not mistaken for an end.
 INTERRUPTED_EXIT = 143
 TIME_LIMIT_EXIT = STOPPED_EXIT[RunState.TIME_LIMIT]  # the driver's: training stopped before the time limit
@@ -172,8 +175,7 @@ class SlurmRayJob(submitit.helpers.Checkpointable):
             print("[slurm] training stopped before the time limit: requeueing this job", flush=True)
             subprocess.run(["scontrol", "requeue", job_id], check=False)
             raise SystemExit(INTERRUPTED_EXIT)  # Slurm stops this allocation; the requeued one resumes
-        if terminated or self._requeued:
-            print("[slurm] stopped by SIGTERM (scancel, or a preemption Slurm requeues itself)", flush=True)
+        if terminated or self._requeued:  # the SIGTERM's line was written when it came
             raise SystemExit(INTERRUPTED_EXIT)
         return {"code": code}
 
@@ -251,11 +253,17 @@ def allocation_start(environ: dict[str, str] | None = None) -> float:
 
 
 def _note_sigterm() -> list[bool]:
-    """A list that becomes [True] once SIGTERM arrives; submitit's own SIGTERM handler still runs."""
+    """A list that becomes [True] once SIGTERM arrives; submitit's own SIGTERM handler still runs.
+
+    The line saying so is written when the signal comes, not after the clean-up: Slurm's SIGKILL follows its
+    SIGTERM by KillWait seconds, which stopping the driver and Ray can outlast on a loaded node.
+    """
     seen: list[bool] = []
     previous = signal.getsignal(signal.SIGTERM)
 
     def handler(signum: int, frame: object) -> None:
+        if not seen:  # unbuffered: the main thread may be inside a print of its own
+            os.write(sys.stdout.fileno(), SIGTERM_LINE)
         seen.append(True)
         if callable(previous):
             previous(signum, frame)
