@@ -21,6 +21,7 @@ each run resumes from its own files, a finished one at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -63,6 +64,10 @@ class TrialRun(tune.Trainable):
 
     def setup(self, config: dict) -> None:
         trial = config["trial"]
+        # Tune moves each trial into a directory of its own; the spec's relative paths (storage.root, a dataset's
+        # root) are the submitting process's.
+        with contextlib.suppress(OSError):
+            os.chdir(trial["cwd"])
         self.plan: Plan = make_plan(JobSpec.model_validate(trial["spec"]))
         self.scheduler: str = trial["scheduler"]
         self.hold_kind: str = trial["hold_kind"]
@@ -270,7 +275,13 @@ def run_trials(
     trainable = tune.with_resources(TrialRun, {"cpu": 0, "memory": TRIAL_MEMORY})
     scheduler = settings.scheduler.name if settings.scheduler is not None else "none"
     configs = [
-        {"run": p.spec.run, "spec": p.spec.model_dump(mode="json"), "scheduler": scheduler, "hold_kind": hold_kind}
+        {
+            "run": p.spec.run,
+            "spec": p.spec.model_dump(mode="json"),
+            "scheduler": scheduler,
+            "hold_kind": hold_kind,
+            "cwd": os.getcwd(),
+        }
         for p in plans
     ]
     experiment = settings.experiment
@@ -318,9 +329,12 @@ def _summary(plans: list[Plan], settings: TrialSettings, seconds: float, console
         return sum(1 for state in states if state in wanted)
 
     for run, record in records.items():
-        if record is not None and record.state not in (RunState.SUCCEEDED, RunState.STOPPED_EARLY):
-            console.echo(f"[{run}] {record.state.value}: {record.reason}")
-    failed = count(None, RunState.FAILED)
+        if record is None:
+            console.echo(f"[{run}] never started")
+        elif record.state not in (RunState.SUCCEEDED, RunState.STOPPED_EARLY):
+            console.echo(f"[{run}] {record.state.value}: {record.reason or 'the trial ended before the run did'}")
+    ended = (RunState.SUCCEEDED, RunState.STOPPED_EARLY, RunState.BUDGET_EXHAUSTED, RunState.CANCELLED, *RESUMABLE)
+    failed = len(states) - count(*ended)  # failed, or left in a state no run ends in
     console.echo(
         f"[{settings.name}] {len(plans)} {'trials' if settings.kind == 'sweep' else 'runs'} in {seconds:.1f}s: "
         f"{count(RunState.SUCCEEDED)} finished, {count(RunState.STOPPED_EARLY)} stopped early, "

@@ -187,9 +187,9 @@ def test_a_comparison_the_cluster_fits_twice_runs_both_methods_at_once_as_tune_t
         {"name": "bignas", "epochs": 2, "subnets_per_step": 2},
     ]
     cluster = {"num_workers": 1, "backend": "local", "address": None}
-    path = _write(tmp_path, "both", methods, cluster=cluster)
+    path = _write(tmp_path, "both", methods, cluster=cluster, storage={"root": "runs"})  # relative to the cwd
     root = tmp_path / "runs"
-    done = deps_orch("submit", str(path), timeout=900)
+    done = deps_orch("submit", str(path), cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "[both] comparison: 2 runs, 2 at a time, on Ray Tune" in done.stdout
     assert "[both] 2 runs in" in done.stdout and "2 finished, 0 stopped early" in done.stdout
@@ -215,7 +215,7 @@ def test_a_comparison_the_cluster_fits_twice_runs_both_methods_at_once_as_tune_t
 
     # Submitted again: each run finds itself finished; nothing is trained or written twice.
     before = {run: _ledger(root / run) for run in runs}
-    again = deps_orch("submit", str(path), timeout=900)
+    again = deps_orch("submit", str(path), cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for run in runs:
         pd.testing.assert_frame_equal(_ledger(root / run), before[run])

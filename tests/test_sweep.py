@@ -19,7 +19,7 @@ from tests.held_time import assert_held_time_adds_up
 pytestmark = pytest.mark.ray
 
 
-def _spec(tmp_path, name: str, sweep: dict, epochs: int) -> tuple:
+def _spec(tmp_path, name: str, sweep: dict, epochs: int, relative_root: bool = False) -> tuple:
     root = tmp_path / "runs"
     spec = {
         "run": name,
@@ -38,7 +38,7 @@ def _spec(tmp_path, name: str, sweep: dict, epochs: int) -> tuple:
             "latency": {"repeats": 3, "warmup": 1},
         },
         "forecast": {"steps": 2, "max_steps": 2, "warmup_steps": 1},
-        "storage": {"root": str(root)},
+        "storage": {"root": "runs" if relative_root else str(root)},
         "sweep": {**sweep, "validation_images": 128},
     }
     path = tmp_path / f"{name}.yaml"
@@ -53,8 +53,8 @@ def _span(rows) -> tuple:
 
 def test_two_trials_run_at_once_each_an_ordinary_run_grouped_under_the_sweep(tmp_path):
     sweep = {"parameters": {"method.warmup_fraction": {"grid": [0.0, 0.5]}}}
-    path, root = _spec(tmp_path, "two", sweep, epochs=2)
-    done = deps_orch("submit", str(path))
+    path, root = _spec(tmp_path, "two", sweep, epochs=2, relative_root=True)
+    done = deps_orch("submit", str(path), cwd=tmp_path)  # the trials' runs land under the submitter's ./runs
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[two] sweep: 2 trials, 2 at a time, on Ray Tune" in done.stdout
     assert "2 finished, 0 stopped early, 0 stopped by the budget, 0 failed" in done.stdout

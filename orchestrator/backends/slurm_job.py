@@ -263,7 +263,8 @@ def _note_sigterm() -> list[bool]:
 
     def handler(signum: int, frame: object) -> None:
         if not seen:  # unbuffered: the main thread may be inside a print of its own
-            os.write(sys.stdout.fileno(), SIGTERM_LINE)
+            with contextlib.suppress(OSError, ValueError):
+                os.write(sys.stdout.fileno(), SIGTERM_LINE)
         seen.append(True)
         if callable(previous):
             previous(signum, frame)
