@@ -105,11 +105,12 @@ def test_a_slurm_cluster_prices_its_gpus_at_its_internal_rate(tmp_path):
     assert make_plan(spec).training.price.per_device_hour == 3.0
 
 
-def _marker_log(run_dir: Path, attempt: int, started: float) -> AttemptLog:
+def _marker_log(run_dir: Path, attempt: int, started: float, resume_epoch: int | None = None) -> AttemptLog:
     return AttemptLog.begin(
         run_dir,
         attempt,
         started,
+        resume_epoch=resume_epoch,
         run="r",
         method="deps",
         group=None,
@@ -150,6 +151,28 @@ def test_an_attempt_that_dies_mid_epoch_is_charged_once_from_its_last_epoch_to_i
     assert len(RunStore(tmp_path).lost()) == 2
     assert [m.finished for m in read_markers(tmp_path)] == [False, False, True]
     assert json.loads((tmp_path / "attempts" / "2.json").read_text())["finished"] is True
+
+
+def test_an_epoch_finished_by_an_attempt_that_died_before_its_checkpoint_was_kept_is_lost_work(tmp_path):
+    # Attempt 0 finished epochs 0-2 and died 5 s into epoch 3, but Ray Train had not registered epoch 2's checkpoint:
+    # attempt 1 resumes at epoch 2, so epoch 2 (from epoch 1's end) and the start of epoch 3 were paid for and lost.
+    now = time.time()
+    first = _marker_log(tmp_path, 0, now - 100)
+    for epoch in range(3):
+        first.heartbeat(epoch)
+        first.epoch_done(epoch)
+    first.marker.epoch_ends = {"0": now - 80, "1": now - 60, "2": now - 40}
+    first.marker.last_epoch_end = now - 40
+    first.marker.heartbeat_at, first.marker.epoch = now - 35, 3
+    first._write()
+    _marker_log(tmp_path, 1, now, resume_epoch=2)
+    (row,) = RunStore(tmp_path).lost().to_pylist()
+    assert row["attempt"] == 0 and row["epoch"] == 2 and row["detected_by_attempt"] == 1
+    assert row["lost_seconds"] == pytest.approx(25.0, abs=0.01)  # from epoch 1's end to the last heartbeat
+    assert row["lost_from"].timestamp() == pytest.approx(now - 60, abs=1e-3)
+    # Had its checkpoint been kept (resumed at epoch 3), only the 5 s into epoch 3 would have been lost.
+    assert read_markers(tmp_path)[0].lost_row(1, resume_epoch=3)["lost_seconds"] == pytest.approx(5.0, abs=0.01)
+    assert read_markers(tmp_path)[0].lost_row(1, resume_epoch=3)["epoch"] == 3
 
 
 def test_cost_report_shows_lost_hours_apart_and_in_the_total(tmp_path):

@@ -147,6 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
             devices=job.devices,
             device_type=job.device_type,
             price_per_device_hour=job.price_per_device_hour,
+            resume_epoch=resume_epoch,
         )
         if rank == 0
         else None
@@ -344,7 +345,7 @@ def _train_epoch(
         reported = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
         ray.train.report(reported | metrics["scalars"], checkpoint=ckpt)
         if attempt_log is not None:
-            attempt_log.epoch_done(epoch)  # its checkpoint is stored: nothing up to here can be lost
+            attempt_log.epoch_done(epoch)  # reported: if Ray Train never keeps it, the next attempt charges it lost
     charged_from = measured_at if rank == 0 else clock()  # what follows the row is the next epoch's overhead
     record_diagnostics(work, store, method, net, epoch, steps_per_epoch, rank)  # rank 0, chosen epochs only
     return charged_from, stop  # a cancel request, the budget or the time limit: this checkpoint is the last for now

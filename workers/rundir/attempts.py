@@ -10,9 +10,11 @@ stops in the middle of an epoch charges that epoch as lost work itself, then
 marks itself finished.
 
 When the next attempt starts, the markers of earlier attempts that never
-finished tell what was paid for and lost: the time from an attempt's last
-completed epoch (or from its own start, set-up included, if it completed none)
-to its last heartbeat. Each such attempt gets one row in `lost.parquet`, keyed
+finished tell what was paid for and lost: the time from the end of the last
+epoch of that attempt the new one keeps (it resumes after it; an epoch whose
+checkpoint the dying attempt had not got registered is trained again and is
+lost work, its ledger row replaced), or from the attempt's own start, set-up
+included, if it kept none, to its last heartbeat. Each such attempt gets one row in `lost.parquet`, keyed
 `(run, attempt)`, so reading the markers again never adds a row twice. The
 time after the last heartbeat (at most HEARTBEAT_SECONDS) and the time a
 cluster spends starting outside the training loop are not counted.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,23 +50,38 @@ class AttemptMarker:
     epoch: int | None = None  # the epoch in flight (or the last one finished)
     first_step_at: float | None = None
     finished: bool = False
+    epoch_ends: dict[str, float] = field(default_factory=dict)  # each epoch this attempt finished: when
 
-    @property
-    def lost_seconds(self) -> float:
-        return max(0.0, self.heartbeat_at - (self.last_epoch_end or self.started_at))
+    def _kept_end(self, resume_epoch: int | None) -> float | None:
+        """When the last epoch of this attempt that is kept ended: one before `resume_epoch` (None: its last)."""
+        if resume_epoch is None or not self.epoch_ends:
+            return self.last_epoch_end
+        kept = [at for epoch, at in self.epoch_ends.items() if int(epoch) < resume_epoch]
+        return max(kept) if kept else None
 
-    def lost_row(self, detected_by: int) -> dict:
-        usage = Usage.of(self.lost_seconds, self.devices, self.price_per_device_hour)
+    def lost_seconds(self, resume_epoch: int | None = None) -> float:
+        """From the end of the last epoch kept (or this attempt's start) to its last heartbeat."""
+        return max(0.0, self.heartbeat_at - (self._kept_end(resume_epoch) or self.started_at))
+
+    def lost_epoch(self, resume_epoch: int | None = None) -> int | None:
+        """The first epoch whose work is lost: the first one this attempt finished that is not kept, else the one in
+        flight."""
+        redone = [int(epoch) for epoch in self.epoch_ends if resume_epoch is not None and int(epoch) >= resume_epoch]
+        return min(redone) if redone else self.epoch
+
+    def lost_row(self, detected_by: int, resume_epoch: int | None = None) -> dict:
+        lost_seconds = self.lost_seconds(resume_epoch)
+        usage = Usage.of(lost_seconds, self.devices, self.price_per_device_hour)
         return {
             "run": self.run,
             "method": self.method,
             "group": self.group,
             "attempt": self.attempt,
-            "epoch": self.epoch,
+            "epoch": self.lost_epoch(resume_epoch),
             "started_at": _utc(self.started_at),
-            "lost_from": _utc(self.last_epoch_end or self.started_at),
+            "lost_from": _utc(self._kept_end(resume_epoch) or self.started_at),
             "last_heartbeat": _utc(self.heartbeat_at),
-            "lost_seconds": self.lost_seconds,
+            "lost_seconds": lost_seconds,
             "devices": self.devices,
             "device_type": self.device_type,
             "device_hours": usage.device_hours,
@@ -125,9 +142,11 @@ class AttemptLog:
         devices: int,
         device_type: str,
         price_per_device_hour: float,
+        resume_epoch: int | None = None,
     ) -> AttemptLog:
-        """Start this attempt's marker, after charging the lost time of the earlier attempts that died."""
-        record_lost_attempts(run_dir, attempt)
+        """Start this attempt's marker, after charging the lost time of the earlier attempts that died (this one
+        resumes at `resume_epoch`: what they trained from there on is lost)."""
+        record_lost_attempts(run_dir, attempt, resume_epoch)
         marker = AttemptMarker(
             attempt, run, method, group, devices, device_type, price_per_device_hour, started_at, time.time()
         )
@@ -149,6 +168,7 @@ class AttemptLog:
         now = time.time()
         with self._lock:
             self.marker.epoch, self.marker.last_epoch_end, self.marker.heartbeat_at = epoch, now, now
+            self.marker.epoch_ends[str(epoch)] = now
         self._write()
 
     def abandon_epoch(self, epoch: int) -> None:
@@ -175,12 +195,13 @@ class AttemptLog:
         self.files.write_json(self.files.attempt_marker(self.marker.attempt), data)
 
 
-def record_lost_attempts(run_dir: Path | RunDir, current_attempt: int) -> list[dict]:
-    """Write a lost-work row for every earlier attempt that did not finish and has none yet; returns the new rows."""
+def record_lost_attempts(run_dir: Path | RunDir, current_attempt: int, resume_epoch: int | None = None) -> list[dict]:
+    """Write a lost-work row for every earlier attempt that did not finish and has none yet; returns the new rows.
+    `resume_epoch`: where the current attempt starts (None: after each dead attempt's last finished epoch)."""
     store = RunStore(run_dir)
     charged = {row["attempt"] for row in store.lost().select(["attempt"]).to_pylist()}
     rows = [
-        m.lost_row(current_attempt)
+        m.lost_row(current_attempt, resume_epoch)
         for m in read_markers(run_dir)
         if m.attempt < current_attempt and not m.finished and m.attempt not in charged
     ]
