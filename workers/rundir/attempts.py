@@ -14,8 +14,8 @@ finished tell what was paid for and lost: the time from the end of the last
 epoch of that attempt the new one keeps (it resumes after it; an epoch whose
 checkpoint the dying attempt had not got registered is trained again and is
 lost work, its ledger row replaced), or from the attempt's own start, set-up
-included, if it kept none, to its last heartbeat. Each such attempt gets one row in `lost.parquet`, keyed
-`(run, attempt)`, so reading the markers again never adds a row twice. The
+included, if it kept none, to its last heartbeat. Each such attempt gets one
+row in `lost.parquet`, keyed `(run, attempt)`, so reading the markers again never adds a row twice. The
 time after the last heartbeat (at most HEARTBEAT_SECONDS) and the time a
 cluster spends starting outside the training loop are not counted.
 """
@@ -59,9 +59,13 @@ class AttemptMarker:
         kept = [at for epoch, at in self.epoch_ends.items() if int(epoch) < resume_epoch]
         return max(kept) if kept else None
 
+    def lost_from(self, resume_epoch: int | None = None) -> float:
+        """Where the lost work begins: the end of the last epoch kept, or this attempt's start."""
+        return self._kept_end(resume_epoch) or self.started_at
+
     def lost_seconds(self, resume_epoch: int | None = None) -> float:
-        """From the end of the last epoch kept (or this attempt's start) to its last heartbeat."""
-        return max(0.0, self.heartbeat_at - (self._kept_end(resume_epoch) or self.started_at))
+        """From `lost_from` to this attempt's last heartbeat."""
+        return max(0.0, self.heartbeat_at - self.lost_from(resume_epoch))
 
     def lost_epoch(self, resume_epoch: int | None = None) -> int | None:
         """The first epoch whose work is lost: the first one this attempt finished that is not kept, else the one in
@@ -70,7 +74,8 @@ class AttemptMarker:
         return min(redone) if redone else self.epoch
 
     def lost_row(self, detected_by: int, resume_epoch: int | None = None) -> dict:
-        lost_seconds = self.lost_seconds(resume_epoch)
+        lost_from = self.lost_from(resume_epoch)
+        lost_seconds = max(0.0, self.heartbeat_at - lost_from)
         usage = Usage.of(lost_seconds, self.devices, self.price_per_device_hour)
         return {
             "run": self.run,
@@ -79,7 +84,7 @@ class AttemptMarker:
             "attempt": self.attempt,
             "epoch": self.lost_epoch(resume_epoch),
             "started_at": _utc(self.started_at),
-            "lost_from": _utc(self._kept_end(resume_epoch) or self.started_at),
+            "lost_from": _utc(lost_from),
             "last_heartbeat": _utc(self.heartbeat_at),
             "lost_seconds": lost_seconds,
             "devices": self.devices,
